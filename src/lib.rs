@@ -1,4 +1,10 @@
 //! appliance: one binary that turns an open-weight LLM into a better
 //! software-engineering agent through reinforcement learning.
+//!
+//! Layers (a layer imports only layers below it):
+//! `cli` → `train` → `engine` → `model` → `backend` → `tensor`.
+//! `config` is plain data usable from every layer. See docs/ARCHITECTURE.md.
 
+pub mod backend;
+pub mod model;
 pub mod tensor;

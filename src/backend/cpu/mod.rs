@@ -1,0 +1,16 @@
+//! CPU reference ops: f32 compute, rayon for threads, the `gemm` crate for
+//! matrix products.
+//!
+//! Every op is deterministic: parallel work is split over disjoint outputs,
+//! never over a floating-point reduction, so a CPU run is reproducible bit for
+//! bit whatever the thread count.
+
+pub mod adamw;
+pub mod gradcheck;
+pub mod attention;
+pub mod embedding;
+pub mod logprob;
+pub mod matmul;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
