@@ -8,3 +8,5 @@
 pub mod backend;
 pub mod model;
 pub mod tensor;
+pub mod engine;
+pub mod train;
