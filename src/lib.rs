@@ -6,6 +6,7 @@
 //! `config` is plain data usable from every layer. See docs/ARCHITECTURE.md.
 
 pub mod backend;
+pub mod config;
 pub mod model;
 pub mod tensor;
 pub mod engine;

@@ -1,0 +1,78 @@
+//! The command line: one file per subcommand, each a thin layer that parses
+//! arguments, calls the library, and prints.
+//!
+//! Owns: argument parsing (clap derive), logging setup, and turning errors
+//! into a message and an exit code. No panic reaches the user: `run` returns
+//! errors, and `main` prints them with their whole context chain.
+
+mod demo;
+mod generate;
+mod score;
+mod tokenize;
+
+use crate::config::Config;
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "appliance", version, about = "Make an open-weight LLM a better software-engineering agent through RL.")]
+#[command(after_help = "With no command, runs the embedded tiny demo on the CPU.")]
+pub struct Cli {
+    /// A TOML config file, layered over the embedded default.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The embedded tiny pipeline on the CPU: the model learns a demonstration, then writes it.
+    Demo(demo::Args),
+    /// Generate a completion for a prompt, and print it with tokens/s.
+    Generate(generate::Args),
+    /// Score token ids: write logits and next-token log-probs (the fixtures' layout).
+    Score(score::Args),
+    /// Print the token ids of a text as a JSON array.
+    Tokenize(tokenize::Args),
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+/// Parse the command line and run it.
+pub fn run(cli: Cli) -> Result<()> {
+    init_logging(cli.verbose);
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        None => demo::run(&config, demo::Args::default()),
+        Some(Command::Demo(a)) => demo::run(&config, a),
+        Some(Command::Generate(a)) => generate::run(&config, a),
+        Some(Command::Score(a)) => score::run(&config, a),
+        Some(Command::Tokenize(a)) => tokenize::run(a),
+    }
+}
+
+/// The binary's entry point: returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}

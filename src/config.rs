@@ -1,0 +1,184 @@
+//! The appliance's own configuration: TOML, read through serde with
+//! `deny_unknown_fields`, layered over an embedded default.
+//!
+//! Owns: the schema of configs/default.toml and the error messages for bad
+//! files (file, line, key path, what was expected). Does not own the model's
+//! Hugging Face `config.json` (see `model::config`).
+
+use crate::engine::SamplingParams;
+use crate::train::optimizer::OptimConfig;
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The embedded default, used when no `--config` file is given.
+pub const DEFAULT_TOML: &str = include_str!("../configs/default.toml");
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub model: ModelSection,
+    pub generate: SamplingParams,
+    pub optim: OptimConfig,
+    pub demo: DemoSection,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    pub dir: Option<PathBuf>,
+    pub init_seed: u64,
+    pub vocab_chunk: usize,
+    pub recompute: bool,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        ModelSection { dir: None, init_seed: 0, vocab_chunk: 8192, recompute: false }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoSection {
+    pub steps: u64,
+    pub lr: f32,
+    pub warmup_steps: u64,
+    pub seq_len: usize,
+    pub batch_seqs: usize,
+    pub seed: u64,
+}
+
+impl Default for DemoSection {
+    fn default() -> Self {
+        DemoSection { steps: 120, lr: 3e-3, warmup_steps: 10, seq_len: 128, batch_seqs: 4, seed: 0 }
+    }
+}
+
+impl Config {
+    /// The embedded default.
+    pub fn embedded() -> Self {
+        parse_toml(DEFAULT_TOML, "<embedded configs/default.toml>").expect("the embedded default config is valid (tested)")
+    }
+
+    /// A user's file, over the embedded default: keys it gives replace the
+    /// default's, keys it leaves out keep them.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::from_str_over_default(&text, &path.display().to_string())
+    }
+
+    pub fn from_str_over_default(text: &str, origin: &str) -> Result<Self> {
+        let mut base: toml::Value = toml::from_str(DEFAULT_TOML).expect("embedded default parses");
+        let user: toml::Value = toml::from_str(text).map_err(|e| anyhow!("{origin}: {}", located(text, &e)))?;
+        // Check the user's own text first, so line numbers are theirs.
+        check_schema(text, origin)?;
+        merge(&mut base, user);
+        let merged = toml::to_string(&base).expect("a TOML value serializes");
+        parse_toml(&merged, origin)
+    }
+
+    /// Load `--config` if given, else the embedded default.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        match path {
+            Some(p) => Self::from_file(p),
+            None => Ok(Self::embedded()),
+        }
+    }
+}
+
+/// Deserialize, naming the key path and (when known) the line.
+fn parse_toml(text: &str, origin: &str) -> Result<Config> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        anyhow!("{origin}: key `{path}`: {}", located(text, &inner))
+    })
+}
+
+/// Check a user's file alone against the schema (all fields optional), so
+/// unknown keys and wrong types are reported with the user's line numbers.
+fn check_schema(text: &str, origin: &str) -> Result<()> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Partial {
+        model: Option<ModelSection>,
+        generate: Option<SamplingParams>,
+        optim: Option<OptimConfig>,
+        demo: Option<DemoSection>,
+    }
+    let de = toml::Deserializer::new(text);
+    let r: std::result::Result<Partial, _> = serde_path_to_error::deserialize(de);
+    r.map(|_| ()).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        anyhow!("{origin}: key `{path}`: {}", located(text, &inner))
+    })
+}
+
+/// "line N: message" from a toml error's span.
+fn located(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {msg}")
+        }
+        None => msg,
+    }
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_and_is_untruncated() {
+        let c = Config::embedded();
+        assert!(c.generate.is_untruncated());
+        assert!(c.model.dir.is_none());
+        assert_eq!(c.optim.weight_decay, 0.1);
+    }
+
+    #[test]
+    fn a_partial_file_overrides_only_its_keys() {
+        let c = Config::from_str_over_default("[generate]\ntemperature = 0.5\n", "user.toml").unwrap();
+        assert_eq!(c.generate.temperature, 0.5);
+        assert_eq!(c.generate.max_new_tokens, Config::embedded().generate.max_new_tokens);
+    }
+
+    #[test]
+    fn unknown_keys_name_file_line_and_path() {
+        let err = Config::from_str_over_default("[generate]\n\ntemprature = 0.5\n", "user.toml").unwrap_err().to_string();
+        assert!(err.contains("user.toml") && err.contains("line 3") && err.contains("temprature"), "{err}");
+        assert!(err.contains("generate"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key_path_and_expectation() {
+        let err = Config::from_str_over_default("[optim]\nlr = \"fast\"\n", "u.toml").unwrap_err().to_string();
+        assert!(err.contains("optim.lr") && err.contains("line 2") && err.contains("f32"), "{err}");
+        let err = Config::from_str_over_default("[nonsense]\n", "u.toml").unwrap_err().to_string();
+        assert!(err.contains("nonsense"), "{err}");
+        let err = Config::from_str_over_default("[model\n", "u.toml").unwrap_err().to_string();
+        assert!(err.contains("u.toml") && err.contains("line 1"), "{err}");
+    }
+}
