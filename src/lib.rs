@@ -6,8 +6,9 @@
 //! `config` is plain data usable from every layer. See docs/ARCHITECTURE.md.
 
 pub mod backend;
+pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod model;
 pub mod tensor;
-pub mod engine;
 pub mod train;

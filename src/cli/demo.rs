@@ -59,7 +59,7 @@ pub fn run(config: &Config, a: Args) -> Result<()> {
     let mut p = pretrained::load(config.model.dir.as_deref(), config.model.init_seed)?;
     p.model.vocab_chunk = config.model.vocab_chunk;
     p.model.recompute = config.model.recompute;
-    let tmpl = ChatTemplate::new(&p.tokenizer)?;
+    let tmpl = ChatTemplate::new(p.tokenizer.clone())?;
     let convs = parse_conversations()?;
 
     // The ledger: ids with their sources; the loss is on predictions of

@@ -43,7 +43,7 @@ pub fn run(config: &Config, a: Args) -> Result<()> {
     let prompt = if a.raw {
         p.tokenizer.encode(&a.prompt)?
     } else {
-        let tmpl = ChatTemplate::new(&p.tokenizer)?;
+        let tmpl = ChatTemplate::new(p.tokenizer.clone())?;
         tmpl.render(&[Message { role: Role::User, content: a.prompt.clone() }], true)?.ids
     };
     let stop = p.tokenizer.stop_ids();

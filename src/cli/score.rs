@@ -26,8 +26,9 @@ pub struct Args {
 
 pub fn run(config: &Config, a: Args) -> Result<()> {
     let dir = a.model.clone().or_else(|| config.model.dir.clone());
-    let mut p = pretrained::load(dir.as_deref(), config.model.init_seed)?;
-    p.model.vocab_chunk = config.model.vocab_chunk;
+    let mut model = pretrained::load_model(dir.as_deref(), config.model.init_seed)?;
+    model.vocab_chunk = config.model.vocab_chunk;
+    let origin = dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "embedded tiny model".into());
     let input = Checkpoint::open(&a.ids)?;
     let (shape, ids) = input
         .get_i64("input_ids")
@@ -36,7 +37,7 @@ pub fn run(config: &Config, a: Args) -> Result<()> {
         bail!("{}: `input_ids` must be [B, T] with T > 0, found shape {:?}", a.ids.display(), shape);
     }
     let (b, t) = (shape[0], shape[1]);
-    let v = p.model.cfg.vocab_size;
+    let v = model.cfg.vocab_size;
     let mut seqs = Vec::with_capacity(b);
     for (i, row) in ids.chunks(t).enumerate() {
         let mut s = Vec::with_capacity(t);
@@ -49,10 +50,10 @@ pub fn run(config: &Config, a: Args) -> Result<()> {
         seqs.push(s);
     }
     let batch = Batch::from_sequences(&seqs);
-    let st = p.model.forward(&batch)?;
-    let logits = p.model.logits(&st);
+    let st = model.forward(&batch)?;
+    let logits = model.logits(&st);
     let (targets, has_next) = batch.next_token_targets();
-    let lp = p.model.token_logprobs(&st, &targets);
+    let lp = model.token_logprobs(&st, &targets);
     let pick = |v: &[f32]| -> Vec<f32> { v.iter().zip(&has_next).filter(|(_, &m)| m).map(|(x, _)| *x).collect() };
     let next_lp = pick(&lp.logprob);
     let loss = if next_lp.is_empty() { 0.0 } else { -next_lp.iter().map(|&x| x as f64).sum::<f64>() / next_lp.len() as f64 };
@@ -64,6 +65,6 @@ pub fn run(config: &Config, a: Args) -> Result<()> {
     ];
     let refs: Vec<(String, &Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
     checkpoint::save_file(&a.out, &refs, Some(("input_ids", &shape, &ids)))?;
-    eprintln!("scored {b}×{t} tokens with {}; wrote {}", p.origin, a.out.display());
+    eprintln!("scored {b}×{t} tokens with {}; wrote {}", origin, a.out.display());
     Ok(())
 }

@@ -4,10 +4,13 @@
 //! Owns: everything about one model that does not depend on how it is used.
 //! Does not own: sampling and batching (`engine`), training loops (`train`).
 
+pub mod chat;
 pub mod checkpoint;
 pub mod config;
+pub mod pretrained;
 pub mod qwen2;
 pub mod tiny;
+pub mod tokenizer;
 pub mod weights;
 
 pub use config::ModelConfig;

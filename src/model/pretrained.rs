@@ -38,11 +38,26 @@ pub fn load(dir: Option<&Path>, init_seed: u64) -> Result<Pretrained> {
             let tok_path = dir.join("tokenizer.json");
             let tokenizer = Tokenizer::from_file(&tok_path)?;
             tokenizer.check_fits_model(cfg.vocab_size, &dir.join("config.json").display().to_string())?;
-            let ckpt = Checkpoint::open(dir).with_context(|| format!("loading weights from {origin}"))?;
-            let weights = Weights::load(&cfg, &ckpt, &origin)?;
-            Ok(Pretrained { model: Model::new(cfg, weights), tokenizer, origin })
+            let model = load_weights(dir, cfg)?;
+            Ok(Pretrained { model, tokenizer, origin })
         }
     }
+}
+
+/// The model alone (config.json and weights, no tokenizer), for commands
+/// that work on token ids.
+pub fn load_model(dir: Option<&Path>, init_seed: u64) -> Result<Model> {
+    match dir {
+        None => Ok(tiny::tiny_model(init_seed)),
+        Some(dir) => load_weights(dir, ModelConfig::from_path(dir)?),
+    }
+}
+
+fn load_weights(dir: &Path, cfg: ModelConfig) -> Result<Model> {
+    let origin = dir.display().to_string();
+    let ckpt = Checkpoint::open(dir).with_context(|| format!("loading weights from {origin}"))?;
+    let weights = Weights::load(&cfg, &ckpt, &origin)?;
+    Ok(Model::new(cfg, weights))
 }
 
 /// Write a model directory that Hugging Face transformers, vLLM and
