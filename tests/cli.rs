@@ -1,0 +1,187 @@
+//! The binary end to end: real files in temporary directories, the real
+//! fixtures, and the exit codes and messages a user sees.
+
+use appliance::model::checkpoint::{self, Checkpoint};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_appliance"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn shared(rel: &str) -> PathBuf {
+    let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")).join(rel);
+    assert!(p.exists(), "missing {}: these tests need ../shared beside the project", p.display());
+    p
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("the binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// A failure a user can act on: exit 1 (not a panic's 101) and a message.
+fn assert_clean_error(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "want exit 1, got {:?}; stderr:\n{err}", o.status.code());
+    assert!(!err.contains("panicked"), "panic reached the user:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}:\n{err}");
+    }
+}
+
+#[test]
+fn version_and_help() {
+    let o = run(&["--version"]);
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("appliance {}", env!("CARGO_PKG_VERSION")));
+    let o = run(&["--help"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    for cmd in ["generate", "score", "tokenize", "demo"] {
+        assert!(out.contains(cmd), "help lacks {cmd}");
+    }
+}
+
+#[test]
+fn tokenize_prints_the_reference_ids() {
+    let line = std::fs::read_to_string(shared("fixtures/qwen-tokenizer/reference_ids.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    let tok = shared("fixtures/qwen-tokenizer/tokenizer.json");
+    let o = run(&["tokenize", "--tokenizer", tok.to_str().unwrap(), first["text"].as_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ids: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(ids, first["ids"]);
+}
+
+#[test]
+fn score_writes_the_fixture_layout_and_matches_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("scored.safetensors");
+    let model = shared("fixtures/qwen2-tiny");
+    let ids = model.join("reference.safetensors");
+    let o = run(&["score", "--model", model.to_str().unwrap(), "--ids", ids.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ours = Checkpoint::open(&out).unwrap();
+    let reference = Checkpoint::open(&ids).unwrap();
+    assert_eq!(ours.get_i64("input_ids").unwrap(), reference.get_i64("input_ids").unwrap());
+    for (name, tol) in [("logits", 1e-4f32), ("next_token_logprobs", 1e-4), ("next_token_entropy", 1e-4), ("loss", 1e-5)] {
+        let a = ours.get_f32(name).unwrap();
+        let b = reference.get_f32(name).unwrap();
+        assert_eq!(a.shape, b.shape, "{name}");
+        let d = a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(d < tol, "{name} differs by {d}");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "only the output file remains: {leftovers:?}");
+}
+
+#[test]
+fn demo_learns_saves_and_the_saved_model_generates() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model");
+    let o = run(&["demo", "--steps", "100", "--out", out.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}\n{}", stdout, stderr(&o));
+    assert!(stdout.contains("2/2 replies reproduced"), "{stdout}");
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        assert!(out.join(f).exists(), "{f} saved");
+    }
+    // The saved directory is a model directory `generate` accepts, and the
+    // learned reply comes back through the CLI too.
+    let o = run(&[
+        "generate", "--model", out.to_str().unwrap(), "--temperature", "0",
+        "--prompt", "Issue: tests in tests/test_ops.py fail. Run them first.", "--max-new-tokens", "40",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Without the demo's system prompt the reply may differ; it must still
+    // be text and report its speed.
+    assert!(stderr(&o).contains("tokens/s"), "{}", stderr(&o));
+}
+
+#[test]
+fn generate_on_the_embedded_default_prints_tokens_per_second() {
+    let o = run(&["generate", "--prompt", "hello", "--max-new-tokens", "8", "--seed", "3"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("tokens/s"));
+    // Seeded: the same command prints the same completion.
+    let again = run(&["generate", "--prompt", "hello", "--max-new-tokens", "8", "--seed", "3"]);
+    assert_eq!(o.stdout, again.stdout);
+}
+
+fn copy_fixture(to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(shared("fixtures/qwen2-tiny").join(f), to.join(f)).unwrap();
+    }
+}
+
+#[test]
+fn bad_config_file_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[generate]\nmax_new_tokens = 4\ntemperatur = 0.5\n").unwrap();
+    let o = run(&["--config", cfg.to_str().unwrap(), "generate", "--prompt", "x"]);
+    assert_clean_error(&o, &["bad.toml", "line 3", "temperatur"]);
+}
+
+#[test]
+fn missing_config_key_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m");
+    copy_fixture(&m);
+    let text = std::fs::read_to_string(m.join("config.json")).unwrap().replace("\"num_hidden_layers\": 2,", "");
+    std::fs::write(m.join("config.json"), text).unwrap();
+    let ids = shared("fixtures/qwen2-tiny/reference.safetensors");
+    let o = run(&["score", "--model", m.to_str().unwrap(), "--ids", ids.to_str().unwrap(), "--out", "/dev/null"]);
+    assert_clean_error(&o, &["config.json", "num_hidden_layers"]);
+}
+
+#[test]
+fn mismatched_tensor_shape_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m");
+    copy_fixture(&m);
+    // Say the MLP is wider than the checkpoint's tensors.
+    let text = std::fs::read_to_string(m.join("config.json")).unwrap().replace("\"intermediate_size\": 176", "\"intermediate_size\": 180");
+    std::fs::write(m.join("config.json"), text).unwrap();
+    let ids = shared("fixtures/qwen2-tiny/reference.safetensors");
+    let o = run(&["score", "--model", m.to_str().unwrap(), "--ids", ids.to_str().unwrap(), "--out", "/dev/null"]);
+    assert_clean_error(&o, &["mlp.gate_proj.weight", "[176, 64]", "[180, 64]"]);
+}
+
+#[test]
+fn truncated_weights_are_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m");
+    copy_fixture(&m);
+    let bytes = std::fs::read(m.join("model.safetensors")).unwrap();
+    std::fs::write(m.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let ids = shared("fixtures/qwen2-tiny/reference.safetensors");
+    let o = run(&["score", "--model", m.to_str().unwrap(), "--ids", ids.to_str().unwrap(), "--out", "/dev/null"]);
+    assert_clean_error(&o, &["model.safetensors"]);
+}
+
+#[test]
+fn tokenizer_that_does_not_fit_the_model_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("m");
+    copy_fixture(&m);
+    // The Qwen tokenizer has ids up to 151668; this model's vocabulary is 512.
+    std::fs::copy(shared("fixtures/qwen-tokenizer/tokenizer.json"), m.join("tokenizer.json")).unwrap();
+    let o = run(&["generate", "--model", m.to_str().unwrap(), "--prompt", "x"]);
+    assert_clean_error(&o, &["512", "tokenizer"]);
+}
+
+#[test]
+fn out_of_vocabulary_ids_are_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = dir.path().join("ids.safetensors");
+    checkpoint::save_i64(&ids, "input_ids", &[1, 3], &[1, 2, 9999]).unwrap();
+    let o = run(&["score", "--ids", ids.to_str().unwrap(), "--out", dir.path().join("o.safetensors").to_str().unwrap()]);
+    assert_clean_error(&o, &["input_ids", "9999", "[0, 2]"]);
+}
