@@ -8,7 +8,9 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod device;
 pub mod engine;
+pub mod kernels;
 pub mod model;
 pub mod tensor;
 pub mod train;

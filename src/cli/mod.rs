@@ -8,6 +8,7 @@
 mod demo;
 mod generate;
 mod score;
+mod selftest;
 mod tokenize;
 
 use crate::config::Config;
@@ -39,7 +40,30 @@ pub enum Command {
     Score(score::Args),
     /// Print the token ids of a text as a JSON array.
     Tokenize(tokenize::Args),
+    /// Run every GPU kernel against its CPU reference (on GPUs, or --sim).
+    Selftest(selftest::Args),
 }
+
+/// An error that ends the program with a specific exit code.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        Exit { code, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
@@ -62,6 +86,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Generate(a)) => generate::run(&config, a),
         Some(Command::Score(a)) => score::run(&config, a),
         Some(Command::Tokenize(a)) => tokenize::run(a),
+        Some(Command::Selftest(a)) => selftest::run(a),
     }
 }
 
@@ -72,7 +97,7 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
-            1
+            e.downcast_ref::<Exit>().map(|x| x.code).unwrap_or(1)
         }
     }
 }
