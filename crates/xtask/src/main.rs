@@ -140,7 +140,7 @@ fn task_ptxas(args: &[String]) -> Result<()> {
     let ptxas = nvidia.join("cuda_nvcc/bin/ptxas");
     let root = repo_root();
     let mut over = vec![];
-    println!("{:<28} {:<24} {:>6} {:>5} {:>7} {:>7} {:>7}", "file", "kernel", "arch", "regs", "smem", "spill_st", "spill_ld");
+    println!("{:<16} {:<22} {:>6} {:>5} {:>9} {:>9} {:>9}", "file", "kernel", "arch", "regs", "smem", "spill_st", "spill_ld");
     let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("ptx"))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().map(|x| x == "ptx").unwrap_or(false))
@@ -157,24 +157,23 @@ fn task_ptxas(args: &[String]) -> Result<()> {
             if !out.status.success() {
                 bail!("ptxas failed on {} for {arch}:\n{log}", ptx.display());
             }
-            let mut kernel = String::new();
+            // Per kernel: "Compiling entry function 'k'", then the spill
+            // line, then "Used N registers[, S bytes smem]".
+            let (mut kernel, mut spills) = (String::new(), (0u64, 0u64));
             for line in log.lines() {
+                let nums: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect();
                 if let Some(rest) = line.split("Compiling entry function '").nth(1) {
                     kernel = rest.split('\'').next().unwrap_or("").to_string();
-                }
-                if line.contains("bytes spill stores") {
-                    let nums: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect();
-                    // "N bytes stack frame, S bytes spill stores, L bytes spill loads"
-                    let (st, ld) = (nums.get(1).copied().unwrap_or(0), nums.get(2).copied().unwrap_or(0));
-                    if st + ld > budget {
-                        over.push(format!("{kernel} ({arch}): {st} bytes spill stores, {ld} bytes spill loads"));
+                } else if line.contains("bytes spill stores") {
+                    spills = (nums.get(1).copied().unwrap_or(0), nums.get(2).copied().unwrap_or(0));
+                    if spills.0 + spills.1 > budget {
+                        over.push(format!("{kernel} ({arch}): {} bytes spill stores, {} bytes spill loads", spills.0, spills.1));
                     }
-                    print!("{:<28} {:<24} {:>6}", ptx.file_name().unwrap().to_string_lossy(), kernel, arch);
-                    print!(" {:>5} {:>7} {:>7}", "", "", st);
-                    println!(" {:>7}", ld);
-                }
-                if line.contains("Used") && line.contains("registers") {
-                    println!("    {}", line.trim());
+                } else if line.contains("Used") && line.contains("registers") {
+                    let regs = nums.first().copied().unwrap_or(0);
+                    let smem = line.split(',').find(|p| p.contains("bytes smem")).and_then(|p| p.trim().split(' ').next()).unwrap_or("0");
+                    let file = ptx.file_name().unwrap().to_string_lossy();
+                    println!("{:<16} {:<22} {:>6} {:>5} {:>9} {:>9} {:>9}", file, kernel, arch, regs, smem, spills.0, spills.1);
                 }
             }
         }
