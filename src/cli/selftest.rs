@@ -36,6 +36,15 @@ pub fn run(a: Args) -> Result<()> {
             Ok(_) => return Err(Exit::new(3, "no GPU: the CUDA driver reports no devices; run `appliance selftest --sim` to test the kernels on the simulated device").into()),
             Err(e) => return Err(Exit::new(3, format!("no GPU: {e:#}; run `appliance selftest --sim` to test the kernels on the simulated device")).into()),
         };
+        // Collectives need NCCL; report whether it loads (through the
+        // libnccl.so.2 shim when that is all the system has).
+        match crate::device::nccl::ensure_loadable() {
+            // SAFETY: probes whether cudarc can load the library.
+            Ok(Some(p)) if unsafe { cudarc::nccl::sys::is_culib_present() } => eprintln!("NCCL: loads ({})", p.display()),
+            Ok(Some(p)) => eprintln!("NCCL: found {} but it does not load", p.display()),
+            Ok(None) => eprintln!("NCCL: not found (multi-GPU collectives unavailable)"),
+            Err(e) => eprintln!("NCCL: {e:#}"),
+        }
         for i in 0..count {
             devices.push(Box::new(cuda::CudaDevice::new(i)?));
         }

@@ -10,6 +10,7 @@
 //! available()` is false and nothing panics.
 
 pub mod cuda;
+pub mod nccl;
 pub mod sim;
 
 
