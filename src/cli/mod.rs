@@ -5,8 +5,10 @@
 //! into a message and an exit code. No panic reaches the user: `run` returns
 //! errors, and `main` prints them with their whole context chain.
 
+mod bench;
 mod demo;
 mod generate;
+mod gpus;
 mod score;
 mod selftest;
 mod tokenize;
@@ -42,6 +44,10 @@ pub enum Command {
     Tokenize(tokenize::Args),
     /// Run every GPU kernel against its CPU reference (on GPUs, or --sim).
     Selftest(selftest::Args),
+    /// A snapshot of the node's GPUs through NVML (exit 3: no NVIDIA driver).
+    Gpus(gpus::Args),
+    /// Benchmark mode: tokens/s, utilization, memory and MFU per suite.
+    Bench(bench::Args),
 }
 
 /// An error that ends the program with a specific exit code.
@@ -87,6 +93,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Score(a)) => score::run(&config, a),
         Some(Command::Tokenize(a)) => tokenize::run(a),
         Some(Command::Selftest(a)) => selftest::run(a),
+        Some(Command::Gpus(a)) => gpus::run(a),
+        Some(Command::Bench(a)) => bench::run(a),
     }
 }
 
