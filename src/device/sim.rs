@@ -1,18 +1,99 @@
-//! The simulated device (temporary: errors until the PTX interpreter lands).
-use anyhow::{bail, Result};
-pub struct SimDevice;
+//! The simulated device: the very PTX the binary ships, executed by the
+//! interpreter in crates/ptx-sim on host memory; the f32 GEMM goes to the
+//! CPU `gemm` (what cuBLAS does on a GPU).
+//!
+//! Design: one `ptx_sim::Memory` for the device's global memory and every
+//! embedded module parsed once at creation; launches are looked up by
+//! function name like on a GPU. Launches are synchronous, so
+//! `synchronize` has nothing to wait for. Anything the interpreter does not
+//! support fails loudly with the instruction it met.
+
+use super::{Device, DevicePtr, KernelArg, LaunchConfig};
+use crate::kernels::MODULES;
+use anyhow::{anyhow, Context, Result};
+use std::collections::HashMap;
+
+pub struct SimDevice {
+    mem: ptx_sim::Memory,
+    modules: Vec<ptx_sim::Module>,
+    /// function name → index into `modules`.
+    functions: HashMap<&'static str, usize>,
+    /// Interpreted instructions so far (for reports).
+    pub instructions: u64,
+}
+
 impl SimDevice {
     pub fn new() -> Result<Self> {
-        bail!("the simulated device is not built yet")
+        let mut modules = vec![];
+        let mut functions = HashMap::new();
+        for (i, m) in MODULES.iter().enumerate() {
+            let parsed = ptx_sim::Module::parse(m.ptx).map_err(|e| anyhow!("ptx/{}.ptx: {e}", m.name))?;
+            for &f in m.functions {
+                functions.insert(f, i);
+            }
+            modules.push(parsed);
+        }
+        Ok(SimDevice { mem: ptx_sim::Memory::new(), modules, functions, instructions: 0 })
+    }
+
+    fn read_f32(&self, p: DevicePtr, n: usize) -> Result<Vec<f32>> {
+        let mut b = vec![0u8; n * 4];
+        self.mem.read(p.0, &mut b).map_err(|e| anyhow!("{e}"))?;
+        Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 }
-impl super::Device for SimDevice {
-    fn name(&self) -> String { "sim".into() }
-    fn alloc(&mut self, _: usize) -> Result<super::DevicePtr> { bail!("sim") }
-    fn free(&mut self, _: super::DevicePtr) -> Result<()> { bail!("sim") }
-    fn copy_h2d(&mut self, _: super::DevicePtr, _: &[u8]) -> Result<()> { bail!("sim") }
-    fn copy_d2h(&mut self, _: super::DevicePtr, _: &mut [u8]) -> Result<()> { bail!("sim") }
-    fn launch(&mut self, _: &str, _: super::LaunchConfig, _: &[super::KernelArg]) -> Result<()> { bail!("sim") }
-    fn gemm_f32_nt(&mut self, _: super::DevicePtr, _: super::DevicePtr, _: super::DevicePtr, _: usize, _: usize, _: usize) -> Result<()> { bail!("sim") }
-    fn synchronize(&mut self) -> Result<()> { bail!("sim") }
+
+impl Device for SimDevice {
+    fn name(&self) -> String {
+        "simulated (PTX interpreter)".into()
+    }
+
+    fn alloc(&mut self, bytes: usize) -> Result<DevicePtr> {
+        Ok(DevicePtr(self.mem.alloc(bytes)))
+    }
+
+    fn free(&mut self, ptr: DevicePtr) -> Result<()> {
+        self.mem.free(ptr.0).map_err(|e| anyhow!("{e}"))
+    }
+
+    fn copy_h2d(&mut self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        self.mem.write(dst.0, src).map_err(|e| anyhow!("copy to simulated device: {e}"))
+    }
+
+    fn copy_d2h(&mut self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        self.mem.read(src.0, dst).map_err(|e| anyhow!("copy from simulated device: {e}"))
+    }
+
+    fn launch(&mut self, function: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
+        let &i = self.functions.get(function).ok_or_else(|| anyhow!("no kernel named {function} in the embedded PTX"))?;
+        let args: Vec<ptx_sim::Arg> = args
+            .iter()
+            .map(|a| match *a {
+                KernelArg::Ptr(p) => ptx_sim::Arg::Ptr(p.0),
+                KernelArg::I32(v) => ptx_sim::Arg::I32(v),
+                KernelArg::I64(v) => ptx_sim::Arg::I64(v),
+                KernelArg::F32(v) => ptx_sim::Arg::F32(v),
+            })
+            .collect();
+        let c = ptx_sim::LaunchConfig { grid: cfg.grid, block: cfg.block, dynamic_shared_bytes: cfg.shared_bytes };
+        let stats = self.modules[i]
+            .launch(&mut self.mem, function, c, &args)
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(|| format!("simulated launch of {function} {cfg:?}"))?;
+        self.instructions += stats.instructions;
+        Ok(())
+    }
+
+    fn gemm_f32_nt(&mut self, c: DevicePtr, a: DevicePtr, b: DevicePtr, m: usize, n: usize, k: usize) -> Result<()> {
+        let av = self.read_f32(a, m * k)?;
+        let bv = self.read_f32(b, n * k)?;
+        let mut cv = vec![0.0f32; m * n];
+        crate::backend::cpu::matmul::matmul(&mut cv, &av, &bv, m, k, n, false, true, false);
+        let bytes: Vec<u8> = cv.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.copy_h2d(c, &bytes)
+    }
+
+    fn synchronize(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
