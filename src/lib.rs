@@ -14,5 +14,6 @@ pub mod engine;
 pub mod kernels;
 pub mod model;
 pub mod monitor;
+pub mod parallel;
 pub mod tensor;
 pub mod train;

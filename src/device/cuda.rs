@@ -176,6 +176,10 @@ impl Device for CudaDevice {
         self.bind()?;
         self.stream.synchronize().map_err(|e| anyhow!("stream synchronize: {e:?}"))
     }
+
+    fn raw_stream(&self) -> Option<u64> {
+        Some(self.stream.cu_stream() as u64)
+    }
 }
 
 impl Drop for CudaDevice {

@@ -61,6 +61,10 @@ pub trait Device {
     /// CPU gemm on the simulated device).
     fn gemm_f32_nt(&mut self, c: DevicePtr, a: DevicePtr, b: DevicePtr, m: usize, n: usize, k: usize) -> Result<()>;
     fn synchronize(&mut self) -> Result<()>;
+    /// The CUstream work is ordered on (NCCL joins it); None when simulated.
+    fn raw_stream(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Helpers on top of the raw trait, for typed host data.
