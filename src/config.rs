@@ -21,6 +21,22 @@ pub struct Config {
     pub generate: SamplingParams,
     pub optim: OptimConfig,
     pub demo: DemoSection,
+    pub monitor: MonitorSection,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorSection {
+    /// How often the monitor thread samples NVML (or this process's CPU).
+    pub interval_ms: u64,
+    /// Warn when mean utilization falls below this in a GPU phase.
+    pub low_util_pct: f64,
+}
+
+impl Default for MonitorSection {
+    fn default() -> Self {
+        MonitorSection { interval_ms: 1000, low_util_pct: 30.0 }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -108,6 +124,7 @@ fn check_schema(text: &str, origin: &str) -> Result<()> {
         generate: Option<SamplingParams>,
         optim: Option<OptimConfig>,
         demo: Option<DemoSection>,
+        monitor: Option<MonitorSection>,
     }
     let de = toml::Deserializer::new(text);
     let r: std::result::Result<Partial, _> = serde_path_to_error::deserialize(de);

@@ -84,13 +84,23 @@ fn score_writes_the_fixture_layout_and_matches_transformers() {
 fn demo_learns_saves_and_the_saved_model_generates() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model");
-    let o = run(&["demo", "--steps", "100", "--out", out.to_str().unwrap()]);
+    let rd = dir.path().join("run");
+    let o = run(&["demo", "--steps", "100", "--out", out.to_str().unwrap(), "--run-dir", rd.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(o.status.success(), "{}\n{}", stdout, stderr(&o));
     assert!(stdout.contains("2/2 replies reproduced"), "{stdout}");
     for f in ["config.json", "tokenizer.json", "model.safetensors"] {
         assert!(out.join(f).exists(), "{f} saved");
     }
+    // One metrics record per step, with the loss falling and device data.
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(rd.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(metrics.len(), 100);
+    assert!(metrics[99]["loss"].as_f64().unwrap() < metrics[0]["loss"].as_f64().unwrap() / 10.0);
+    assert!(metrics[0]["device"]["source"].is_string());
     // The saved directory is a model directory `generate` accepts, and the
     // learned reply comes back through the CLI too.
     let o = run(&[

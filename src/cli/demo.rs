@@ -13,8 +13,11 @@ use crate::train::optimizer::{AdamW, OptimConfig};
 use crate::train::supervised::fit;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use crate::monitor::metrics::{aggregate, warnings};
+use crate::monitor::sampler::{Sampler, Source as SampleSource};
+use crate::monitor::stream::{device_record, live_summary, MetricsStream};
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const CONVERSATIONS: &str = include_str!("../../configs/tiny/demo_conversations.json");
 
@@ -26,6 +29,9 @@ pub struct Args {
     /// Save the trained model here in the Hugging Face layout.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Write per-step metrics to DIR/metrics.jsonl.
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
 }
 
 fn parse_conversations() -> Result<Vec<Vec<Message>>> {
@@ -90,13 +96,38 @@ pub fn run(config: &Config, a: Args) -> Result<()> {
     bar.set_style(ProgressStyle::with_template("training [{bar:30}] {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
     let start = Instant::now();
     let tokens_per_step: usize = seqs.iter().map(Vec::len).sum();
+    let sampler = Sampler::start(Duration::from_millis(config.monitor.interval_ms.max(10)));
+    let mut stream = a.run_dir.as_deref().map(MetricsStream::open).transpose()?;
+    let mut stream_err = None;
+    let mut last = Instant::now();
     let stats = fit(&mut p.model, &mut opt, &seqs, &weights, steps, |step, s| {
-        bar.set_message(format!("loss {:.4}", s.loss));
+        let live = live_summary(&sampler.latest(), sampler.source);
+        bar.set_message(format!("loss {:.4} | {live}", s.loss));
         bar.inc(1);
         if step % 10 == 0 || step + 1 == steps {
             bar.println(format!("step {:>4}  loss {:.4}  grad_norm {:.3}  lr {:.2e}", step, s.loss, s.grad_norm, s.lr));
         }
+        let window = sampler.take();
+        for w in warnings(&window, sampler.source == SampleSource::Gpus, config.monitor.low_util_pct) {
+            tracing::warn!("{w}");
+        }
+        let secs = last.elapsed().as_secs_f64();
+        last = Instant::now();
+        if let Some(st) = stream.as_mut() {
+            let record = serde_json::json!({
+                "phase": "demo_sft", "step": step, "loss": s.loss, "grad_norm": s.grad_norm, "lr": s.lr,
+                "tokens": s.tokens, "train_tokens_per_s": s.tokens as f64 / secs.max(1e-9),
+                "device": device_record(&aggregate(&window), sampler.source),
+            });
+            if let Err(e) = st.write(&record) {
+                stream_err.get_or_insert(e);
+            }
+        }
     })?;
+    drop(sampler);
+    if let Some(e) = stream_err {
+        return Err(e);
+    }
     bar.finish_and_clear();
     let train_secs = start.elapsed().as_secs_f64();
     let first = stats.first().map(|s| s.loss).unwrap_or(f64::NAN);

@@ -9,3 +9,4 @@ pub mod gpu;
 pub mod metrics;
 pub mod mfu;
 pub mod sampler;
+pub mod stream;

@@ -101,6 +101,11 @@ impl Sampler {
         self.len() == 0
     }
 
+    /// The most recent sample row (for live summaries), without taking it.
+    pub fn latest(&self) -> Vec<DeviceSample> {
+        self.samples.lock().ok().and_then(|s| s.last().cloned()).unwrap_or_default()
+    }
+
     /// Take the samples gathered so far (the window restarts).
     pub fn take(&self) -> Vec<Vec<DeviceSample>> {
         self.samples.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default()
