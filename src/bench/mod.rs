@@ -46,9 +46,11 @@ pub struct Report {
 
 /// Measure `f` (which returns how many units it processed) `repeats` times
 /// after one warm-up, sampling utilization throughout.
-pub fn measure(suite: &str, name: &str, unit: &str, repeats: usize, tokens: bool, mut f: impl FnMut() -> Result<f64>) -> Result<Row> {
+/// `on_cpu`: the work runs on the CPU backend, so sample this process's
+/// CPU time even when GPUs are present.
+pub fn measure(suite: &str, name: &str, unit: &str, repeats: usize, tokens: bool, on_cpu: bool, mut f: impl FnMut() -> Result<f64>) -> Result<Row> {
     f().with_context(|| format!("{suite}/{name}: warm-up"))?;
-    let sampler = Sampler::start(Duration::from_millis(50));
+    let sampler = if on_cpu { Sampler::start_process(Duration::from_millis(50)) } else { Sampler::start(Duration::from_millis(50)) };
     let mut rates = Vec::with_capacity(repeats);
     for _ in 0..repeats.max(1) {
         let t = Instant::now();

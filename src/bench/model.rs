@@ -29,7 +29,7 @@ pub fn run(repeats: usize) -> Result<Vec<Row>> {
     for recompute in [false, true] {
         model.recompute = recompute;
         let name = if recompute { "forward+backward 4x256, recompute" } else { "forward+backward 4x256" };
-        rows.push(measure("model", name, "tokens/s", repeats, true, || {
+        rows.push(measure("model", name, "tokens/s", repeats, true, true, || {
             grads.zero();
             model.nll_loss_and_grads(&batch, &weight, &mut grads)?;
             Ok(batch.len() as f64)
@@ -40,7 +40,7 @@ pub fn run(repeats: usize) -> Result<Vec<Row>> {
     let prompt: Vec<u32> = (0..64).map(|i| (i * 17 % 8192) as u32).collect();
     for b in [1usize, 8] {
         let prompts: Vec<Vec<u32>> = (0..b).map(|_| prompt.clone()).collect();
-        rows.push(measure("model", &format!("generation batch {b}, 64 prompt + 32 new"), "tokens/s", repeats, true, || {
+        rows.push(measure("model", &format!("generation batch {b}, 64 prompt + 32 new"), "tokens/s", repeats, true, true, || {
             let out = generate(&mut model, &prompts, &params, &[], false)?;
             Ok(out.iter().map(|c| c.tokens.len()).sum::<usize>() as f64)
         })?);

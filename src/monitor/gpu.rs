@@ -171,7 +171,7 @@ pub fn render_table(node: &NodeSnapshot) -> String {
     let mut s = String::new();
     s.push_str(&format!("driver {}  CUDA {}  GPUs {}\n", na(&node.driver_version), na(&node.cuda_driver_version), node.gpus.len()));
     s.push_str(&format!(
-        "{:<3} {:<24} {:<14} {:>15} {:>5} {:>5} {:>5} {:>13} {:>11} {:<10} {:>7} {:>8} {:<}\n",
+        "{:<3} {:<24} {:<16} {:>15} {:>5} {:>5} {:>5} {:>13} {:>11} {:<10} {:>7} {:>8} {:<}\n",
         "gpu", "name", "bus", "memory MiB", "sm%", "mem%", "°C", "power W", "clk MHz", "pcie", "ecc", "nvlink", "throttle / processes"
     ));
     for g in &node.gpus {
@@ -190,10 +190,10 @@ pub fn render_table(node: &NodeSnapshot) -> String {
         let throttle = g.throttle_reasons.as_ref().map(|r| if r.is_empty() { "none".into() } else { r.join(",") }).unwrap_or_else(|| "n/a".into());
         let procs = g.processes.as_ref().map(|p| format!("{} procs", p.len())).unwrap_or_else(|| "n/a".into());
         s.push_str(&format!(
-            "{:<3} {:<24} {:<14} {:>15} {:>5} {:>5} {:>5} {:>13} {:>11} {:<10} {:>7} {:>8} {} / {}\n",
+            "{:<3} {:<24} {:<16} {:>15} {:>5} {:>5} {:>5} {:>13} {:>11} {:<10} {:>7} {:>8} {} / {}\n",
             g.index,
             na(&g.name).chars().take(24).collect::<String>(),
-            na(&g.bus_id).chars().take(14).collect::<String>(),
+            na(&g.bus_id).chars().take(16).collect::<String>(),
             format!("{}/{}", mib(&g.memory_used_bytes), mib(&g.memory_total_bytes)),
             na(&g.sm_util_pct),
             na(&g.mem_util_pct),

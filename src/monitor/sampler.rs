@@ -46,9 +46,19 @@ pub fn process_rss_bytes() -> Option<u64> {
 impl Sampler {
     /// Start sampling GPUs when NVML opens, else this process.
     pub fn start(interval: Duration) -> Sampler {
+        Self::start_with(interval, true)
+    }
+
+    /// Sample this process's CPU time and memory, GPUs or not (for work on
+    /// the CPU backend).
+    pub fn start_process(interval: Duration) -> Sampler {
+        Self::start_with(interval, false)
+    }
+
+    fn start_with(interval: Duration, gpus: bool) -> Sampler {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let nvml = super::gpu::open().ok();
+        let nvml = if gpus { super::gpu::open().ok() } else { None };
         let source = if nvml.as_ref().and_then(|n| n.device_count().ok()).unwrap_or(0) > 0 { Source::Gpus } else { Source::Process };
         let (s2, stop2) = (samples.clone(), stop.clone());
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
