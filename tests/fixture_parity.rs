@@ -102,3 +102,30 @@ fn qwen2_tiny_yarn_tied_matches_transformers() {
 fn activation_recomputation_gives_the_same_gradients() {
     check("qwen2-tiny-yarn-tied", true);
 }
+
+/// The same YaRN checkpoint with its config rewritten in the newer
+/// `rope_parameters` layout gives the same logits.
+#[test]
+fn rope_parameters_layout_matches_transformers_too() {
+    let src = fixture("qwen2-tiny-yarn-tied");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let obj = cfg.as_object_mut().unwrap();
+    let theta = obj.remove("rope_theta").unwrap();
+    let mut params = obj.remove("rope_scaling").unwrap();
+    let p = params.as_object_mut().unwrap();
+    let kind = p.remove("type").unwrap();
+    p.insert("rope_type".into(), kind);
+    p.insert("rope_theta".into(), theta);
+    obj.insert("rope_parameters".into(), params);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), serde_json::to_string(&cfg).unwrap()).unwrap();
+    let new_cfg = ModelConfig::from_path(dir.path()).unwrap();
+    let old_cfg = ModelConfig::from_path(&src).unwrap();
+    assert_eq!(new_cfg.rope_scaling, old_cfg.rope_scaling);
+    let w = Weights::load(&new_cfg, &Checkpoint::open(&src).unwrap(), "fixture").unwrap();
+    let mut model = Model::new(new_cfg, w);
+    let r = load("qwen2-tiny-yarn-tied");
+    let st = model.forward(&Batch::from_sequences(&r.seqs)).unwrap();
+    let d = max_abs_diff(&model.logits(&st), &r.logits);
+    assert!(d < 1e-4, "rope_parameters layout: logits differ by {d}");
+}

@@ -24,6 +24,23 @@ pub fn embedding_bwd(dtable: &mut [f32], dout: &[f32], ids: &[u32], d: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cpu::gradcheck::{check_gradient, project, random_vec};
+
+    #[test]
+    fn embedding_backward_matches_finite_differences() {
+        let (vocab, d) = (6, 4);
+        let ids = [3u32, 1, 3, 5, 0];
+        let mut table = random_vec(vocab * d, 1);
+        let r = random_vec(ids.len() * d, 2);
+        let mut dt = vec![0.0; vocab * d];
+        embedding_bwd(&mut dt, &r, &ids, d);
+        let rep = check_gradient(&mut table, &dt, 1e-2, 100, |t| {
+            let mut o = vec![0.0; ids.len() * d];
+            embedding_fwd(&mut o, t, &ids, d);
+            project(&o, &r)
+        });
+        assert!(rep.rel_err() < 1e-4, "{rep:?}");
+    }
 
     #[test]
     fn repeated_ids_accumulate() {

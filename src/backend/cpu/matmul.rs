@@ -126,7 +126,32 @@ pub fn matmul_naive(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cpu::gradcheck::random_vec;
+    use crate::backend::cpu::gradcheck::{check_gradient, project, random_vec};
+
+    #[test]
+    fn linear_backward_matches_finite_differences() {
+        let (n, din, dout) = (5, 7, 3);
+        let mut x = random_vec(n * din, 1);
+        let mut w = random_vec(dout * din, 2);
+        let mut b = random_vec(dout, 3);
+        let r = random_vec(n * dout, 4);
+        let f = |x: &[f32], w: &[f32], b: &[f32]| {
+            let mut y = vec![0.0; n * dout];
+            linear_fwd(&mut y, x, w, Some(b), n, din, dout);
+            project(&y, &r)
+        };
+        let (mut dx, mut dw, mut db) = (vec![0.0; n * din], vec![0.0; dout * din], vec![0.0; dout]);
+        linear_bwd(&mut dx, &mut dw, Some(&mut db), &r, &x, &w, n, din, dout, false);
+        let (w0, b0) = (w.clone(), b.clone());
+        let rep = check_gradient(&mut x, &dx, 1e-2, 100, |x| f(x, &w0, &b0));
+        assert!(rep.rel_err() < 1e-3, "dx {rep:?}");
+        let x0 = x.clone();
+        let rep = check_gradient(&mut w, &dw, 1e-2, 100, |w| f(&x0, w, &b0));
+        assert!(rep.rel_err() < 1e-3, "dw {rep:?}");
+        let w0 = w.clone();
+        let rep = check_gradient(&mut b, &db, 1e-2, 100, |b| f(&x0, &w0, b));
+        assert!(rep.rel_err() < 1e-3, "db {rep:?}");
+    }
 
     #[test]
     fn gemm_wrapper_matches_naive_for_every_transpose() {
