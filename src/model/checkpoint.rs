@@ -461,41 +461,21 @@ impl Checkpoint {
 }
 
 fn decode_f32(dtype: Dtype, bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
-    const CHUNK: usize = 1 << 16;
+    /// Convert little-endian elements of `W` bytes in parallel chunks.
+    fn convert<const W: usize>(bytes: &[u8], one: impl Fn([u8; W]) -> f32 + Sync) -> Vec<f32> {
+        const CHUNK: usize = 1 << 16;
+        let mut out = vec![0f32; bytes.len() / W];
+        out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * W)).for_each(|(o, b)| {
+            for (v, c) in o.iter_mut().zip(b.chunks_exact(W)) {
+                *v = one(c.try_into().expect("chunks_exact gives W bytes"));
+            }
+        });
+        out
+    }
     let out = match dtype {
-        Dtype::F32 => {
-            let mut out = vec![0f32; bytes.len() / 4];
-            out.par_chunks_mut(CHUNK)
-                .zip(bytes.par_chunks(CHUNK * 4))
-                .for_each(|(o, b)| {
-                    for (v, c) in o.iter_mut().zip(b.chunks_exact(4)) {
-                        *v = f32::from_le_bytes(c.try_into().unwrap());
-                    }
-                });
-            out
-        }
-        Dtype::BF16 => {
-            let mut out = vec![0f32; bytes.len() / 2];
-            out.par_chunks_mut(CHUNK)
-                .zip(bytes.par_chunks(CHUNK * 2))
-                .for_each(|(o, b)| {
-                    for (v, c) in o.iter_mut().zip(b.chunks_exact(2)) {
-                        *v = half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
-                    }
-                });
-            out
-        }
-        Dtype::F16 => {
-            let mut out = vec![0f32; bytes.len() / 2];
-            out.par_chunks_mut(CHUNK)
-                .zip(bytes.par_chunks(CHUNK * 2))
-                .for_each(|(o, b)| {
-                    for (v, c) in o.iter_mut().zip(b.chunks_exact(2)) {
-                        *v = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
-                    }
-                });
-            out
-        }
+        Dtype::F32 => convert::<4>(bytes, f32::from_le_bytes),
+        Dtype::BF16 => convert::<2>(bytes, |c| half::bf16::from_bits(u16::from_le_bytes(c)).to_f32()),
+        Dtype::F16 => convert::<2>(bytes, |c| half::f16::from_bits(u16::from_le_bytes(c)).to_f32()),
         other => {
             return Err(format!(
                 "stored as {other}, which cannot be converted to f32 (supported: F32, BF16, F16)"

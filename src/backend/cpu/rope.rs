@@ -45,8 +45,10 @@ impl RopeTable {
     }
 }
 
-/// Rotate `x` `[n, heads, 2·half]` in place; token `t` sits at `pos[t]`.
-pub fn rope_fwd(x: &mut [f32], pos: &[u32], heads: usize, table: &RopeTable) {
+/// Rotate every (x[i], x[i + half]) pair of `x` `[n, heads, 2·half]` in
+/// place by the angle of token `t`'s position `pos[t]`; `sign` −1 rotates
+/// backwards (the transpose).
+fn rotate(x: &mut [f32], pos: &[u32], heads: usize, table: &RopeTable, sign: f32) {
     let half = table.half;
     let d = 2 * half;
     x.par_chunks_mut(heads * d).zip(pos.par_iter()).for_each(|(row, &p)| {
@@ -54,29 +56,22 @@ pub fn rope_fwd(x: &mut [f32], pos: &[u32], heads: usize, table: &RopeTable) {
         let s = &table.sin[p as usize * half..(p as usize + 1) * half];
         for h in row.chunks_mut(d) {
             for i in 0..half {
-                let (x1, x2) = (h[i], h[i + half]);
-                h[i] = x1 * c[i] - x2 * s[i];
-                h[i + half] = x2 * c[i] + x1 * s[i];
+                let (x1, x2, sn) = (h[i], h[i + half], sign * s[i]);
+                h[i] = x1 * c[i] - x2 * sn;
+                h[i + half] = x2 * c[i] + x1 * sn;
             }
         }
     });
 }
 
+/// Rotate `x` `[n, heads, 2·half]` in place; token `t` sits at `pos[t]`.
+pub fn rope_fwd(x: &mut [f32], pos: &[u32], heads: usize, table: &RopeTable) {
+    rotate(x, pos, heads, table, 1.0);
+}
+
 /// The transpose of `rope_fwd`, in place on the gradient.
 pub fn rope_bwd(dx: &mut [f32], pos: &[u32], heads: usize, table: &RopeTable) {
-    let half = table.half;
-    let d = 2 * half;
-    dx.par_chunks_mut(heads * d).zip(pos.par_iter()).for_each(|(row, &p)| {
-        let c = &table.cos[p as usize * half..(p as usize + 1) * half];
-        let s = &table.sin[p as usize * half..(p as usize + 1) * half];
-        for h in row.chunks_mut(d) {
-            for i in 0..half {
-                let (g1, g2) = (h[i], h[i + half]);
-                h[i] = g1 * c[i] + g2 * s[i];
-                h[i + half] = g2 * c[i] - g1 * s[i];
-            }
-        }
-    });
+    rotate(dx, pos, heads, table, -1.0);
 }
 
 #[cfg(test)]
