@@ -20,7 +20,7 @@ fn tiny_model_overfits_a_fixed_text() {
     let mut model = tiny_model(0);
     let mut opt = AdamW::new(OptimConfig { lr: 3e-3, warmup_steps: 10, ..Default::default() }, &model.cfg);
     let w = vec![vec![1.0f32; ids.len()]];
-    let stats = fit(&mut model, &mut opt, &[ids.clone()], &w, 80, |_, _| {}).unwrap();
+    let stats = fit(&mut model, &mut opt, std::slice::from_ref(&ids), &w, 80, |_, _| {}).unwrap();
     let first = stats[0].loss;
     let last = stats.last().unwrap().loss;
     assert!(first > 6.0, "a random model starts near ln(512): {first}");

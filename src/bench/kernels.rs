@@ -39,7 +39,7 @@ pub fn run_cpu(repeats: usize) -> Result<Vec<Row>> {
     let (q, kk, v) = (random_vec(t * 512, 6), random_vec(t * 128, 7), random_vec(t * 128, 8));
     let (mut out, mut lse) = (vec![0.0; t * 512], vec![0.0; t * 8]);
     rows.push(measure("kernels", "cpu attention_fwd T=512 8/2 heads d=64", "GFLOP/s", repeats, false, true, || {
-        cpu::attention::attention_fwd(&mut out, &mut lse, &q, &kk, &v, &[0..t], s);
+        cpu::attention::attention_fwd(&mut out, &mut lse, &q, &kk, &v, std::slice::from_ref(&(0..t)), s);
         // Causal: about half of 4·T²·heads·d.
         Ok(2.0 * (t * t * 8 * 64) as f64 / 1e9)
     })?);

@@ -57,7 +57,7 @@ pub fn run(config: &Config, a: Args) -> Result<()> {
     let pick = |v: &[f32]| -> Vec<f32> { v.iter().zip(&has_next).filter(|(_, &m)| m).map(|(x, _)| *x).collect() };
     let next_lp = pick(&lp.logprob);
     let loss = if next_lp.is_empty() { 0.0 } else { -next_lp.iter().map(|&x| x as f64).sum::<f64>() / next_lp.len() as f64 };
-    let tensors = vec![
+    let tensors = [
         ("logits".to_string(), Tensor::from_vec(&[b, t, v], logits)?),
         ("next_token_logprobs".to_string(), Tensor::from_vec(&[b, t - 1], next_lp)?),
         ("next_token_entropy".to_string(), Tensor::from_vec(&[b, t - 1], pick(&lp.entropy))?),

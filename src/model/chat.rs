@@ -110,7 +110,7 @@ impl Rendered {
     /// Append ids that all share one source.
     pub fn extend(&mut self, ids: &[u32], source: Source) {
         self.ids.extend_from_slice(ids);
-        self.source.extend(std::iter::repeat(source).take(ids.len()));
+        self.source.extend(std::iter::repeat_n(source, ids.len()));
     }
 
     pub fn len(&self) -> usize {

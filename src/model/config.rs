@@ -272,7 +272,7 @@ fn parse_rope(p: &serde_json::Map<String, Value>, section: &str, origin: &str, m
     };
     let factor = || -> Result<f64> {
         let f = num("factor")?.ok_or_else(|| anyhow!("{origin}: key `{section}.factor`: missing (expected a number >= 1)"))?;
-        if !(f >= 1.0) {
+        if f.is_nan() || f < 1.0 {
             bail!("{origin}: key `{section}.factor`: expected a number >= 1, found {f}");
         }
         Ok(f)

@@ -161,6 +161,8 @@ impl Model {
     // ----------------------------------------------------------------------
 
     /// One layer's forward. Returns the layer output and its activations.
+    /// (Fields are filled in the order the layer computes them.)
+    #[allow(clippy::field_reassign_with_default)]
     fn layer_fwd(&self, l: usize, x: &[f32], batch: &Batch) -> (Vec<f32>, LayerActs) {
         let cfg = &self.cfg;
         let w = &self.weights.layers[l];

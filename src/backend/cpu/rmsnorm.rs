@@ -22,6 +22,7 @@ pub fn rmsnorm_fwd(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], d: usi
 
 /// Gradients: `dx` is overwritten (or added to when `accumulate`), `dw` is
 /// added to. `dw` is a reduction over rows, done serially for determinism.
+#[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_bwd(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], w: &[f32], rstd: &[f32], d: usize, accumulate: bool) {
     dx.par_chunks_mut(d)
         .zip(dy.par_chunks(d))
