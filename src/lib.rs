@@ -9,6 +9,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod env;
 pub mod model;
 pub mod tensor;
 pub mod train;

@@ -5,7 +5,9 @@
 //! into a message and an exit code. No panic reaches the user: `run` returns
 //! errors, and `main` prints them with their whole context chain.
 
+mod bench;
 mod demo;
+mod env;
 mod generate;
 mod score;
 mod tokenize;
@@ -39,6 +41,10 @@ pub enum Command {
     Score(score::Args),
     /// Print the token ids of a text as a JSON array.
     Tokenize(tokenize::Args),
+    /// Docker SWE environments: build the base image, list and validate tasks.
+    Env(env::Args),
+    /// Benchmarks (`bench env`: session vs exec, container start-to-ready).
+    Bench(bench::Args),
 }
 
 fn init_logging(verbose: u8) {
@@ -62,6 +68,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Generate(a)) => generate::run(&config, a),
         Some(Command::Score(a)) => score::run(&config, a),
         Some(Command::Tokenize(a)) => tokenize::run(a),
+        Some(Command::Env(a)) => env::run(a),
+        Some(Command::Bench(a)) => bench::run(a),
     }
 }
 
