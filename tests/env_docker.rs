@@ -59,7 +59,7 @@ async fn timeout_kills_the_command_not_the_session() {
     assert!(r.output.contains("before"), "{r:?}");
     assert!(r.observation(Duration::from_secs(2)).contains("timed out"));
     let r = bounded(60, ep.run("echo $FOO; pwd; false", Duration::from_secs(30))).await.unwrap();
-    assert_eq!(r.output, "bar\n/tmp");
+    assert_eq!(r.output, "bar\n/tmp\n");
     assert_eq!(r.exit_code, Some(1));
     assert!(!r.timed_out && !r.via_exec && ep.shell.has_session(), "the session should survive: {r:?}");
     ep.close().await;
