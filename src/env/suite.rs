@@ -135,6 +135,9 @@ fn materialize(name: &str, json: &str, root: &Path) -> Result<Task> {
 
 /// Every built-in task, its repository written under `root` when missing.
 pub fn tasks_in(root: &Path) -> Result<Vec<Task>> {
+    // one writer at a time within a process; across processes the rename decides
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     BUNDLES.iter().map(|(n, j)| materialize(n, j, root)).collect()
 }
