@@ -6,10 +6,14 @@
 //! `config` is plain data usable from every layer. See docs/ARCHITECTURE.md.
 
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod device;
 pub mod engine;
 pub mod env;
+pub mod kernels;
 pub mod model;
+pub mod monitor;
 pub mod tensor;
 pub mod train;

@@ -185,3 +185,50 @@ fn out_of_vocabulary_ids_are_a_clear_error() {
     let o = run(&["score", "--ids", ids.to_str().unwrap(), "--out", dir.path().join("o.safetensors").to_str().unwrap()]);
     assert_clean_error(&o, &["input_ids", "9999", "[0, 2]"]);
 }
+
+#[test]
+fn gpus_reports_no_driver_with_its_own_exit_code() {
+    let o = run(&["gpus"]);
+    if appliance::monitor::gpu::open().is_ok() {
+        assert!(o.status.success(), "{}", stderr(&o));
+        return;
+    }
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("no NVIDIA driver"), "{err}");
+    assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn selftest_without_a_gpu_says_so() {
+    if appliance::device::cuda::available() {
+        return;
+    }
+    let o = run(&["selftest"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no GPU"), "{}", stderr(&o));
+}
+
+#[test]
+fn bench_model_json_has_tokens_per_s_and_compare_gives_ratios() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.json");
+    let o = run(&["bench", "model", "--repeats", "1", "--json", "--out", first.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for r in rows {
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["util_mean_pct"].is_number() || r["util_mean_pct"].is_null());
+    }
+    assert!(v["hardware"]["cores"].as_u64().unwrap() >= 1);
+    assert_eq!(std::fs::read(&first).unwrap(), o.stdout.trim_ascii_end(), "--out holds the same report");
+    let o = run(&["bench", "kernels", "--repeats", "1", "--compare", first.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("(new)"), "kernel rows are new against a model-only baseline");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"rows\": 3}").unwrap();
+    let o = run(&["bench", "model", "--compare", bad.to_str().unwrap()]);
+    assert_clean_error(&o, &["bad.json", "bench report"]);
+}

@@ -7,3 +7,4 @@
 //! ops (see `model::qwen2`), or device memory (the GPU backend comes later).
 
 pub mod cpu;
+pub mod gpu;

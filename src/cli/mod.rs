@@ -9,7 +9,9 @@ mod bench;
 mod demo;
 mod env;
 mod generate;
+mod gpus;
 mod score;
+mod selftest;
 mod tokenize;
 
 use crate::config::Config;
@@ -41,11 +43,36 @@ pub enum Command {
     Score(score::Args),
     /// Print the token ids of a text as a JSON array.
     Tokenize(tokenize::Args),
+    /// Run every GPU kernel against its CPU reference (on GPUs, or --sim).
+    Selftest(selftest::Args),
+    /// A snapshot of the node's GPUs through NVML (exit 3: no NVIDIA driver).
+    Gpus(gpus::Args),
     /// Docker SWE environments: build the base image, list and validate tasks.
     Env(env::Args),
-    /// Benchmarks (`bench env`: session vs exec, container start-to-ready).
+    /// Benchmark mode: tokens/s, utilization, memory and MFU per suite.
     Bench(bench::Args),
 }
+
+/// An error that ends the program with a specific exit code.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        Exit { code, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
@@ -68,6 +95,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Generate(a)) => generate::run(&config, a),
         Some(Command::Score(a)) => score::run(&config, a),
         Some(Command::Tokenize(a)) => tokenize::run(a),
+        Some(Command::Selftest(a)) => selftest::run(a),
+        Some(Command::Gpus(a)) => gpus::run(a),
         Some(Command::Env(a)) => env::run(a),
         Some(Command::Bench(a)) => bench::run(a),
     }
@@ -80,7 +109,7 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
-            1
+            e.downcast_ref::<Exit>().map(|x| x.code).unwrap_or(1)
         }
     }
 }

@@ -1,0 +1,191 @@
+//! The CUDA device, on cudarc's dynamically loaded driver and cuBLAS.
+//!
+//! Design: one context per GPU, bound to the thread that owns the device
+//! (one OS thread per GPU); one stream; every PTX module loaded once at
+//! creation; memory as raw CUdeviceptr so the `Device` trait stays
+//! untyped; kernel launches straight through cuLaunchKernel with explicit
+//! stream order (cudarc's per-buffer event tracking is off, since this
+//! layer orders work itself). cudarc's loaders panic when a library is
+//! missing, so everything is guarded by `available()` first.
+
+use super::{Device, DevicePtr, KernelArg, LaunchConfig};
+use crate::kernels::MODULES;
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::nvrtc::Ptx;
+use std::collections::{HashMap, HashSet};
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// True when a CUDA driver is present and reports at least one GPU.
+pub fn available() -> bool {
+    device_count().map(|n| n > 0).unwrap_or(false)
+}
+
+/// Number of GPUs the driver reports (an error when there is no driver).
+pub fn device_count() -> Result<usize> {
+    // SAFETY: only probes whether the shared library can be loaded.
+    if !unsafe { sys::is_culib_present() } {
+        bail!("no CUDA driver: libcuda could not be loaded (no NVIDIA GPU or driver on this machine)");
+    }
+    result::init().map_err(|e| anyhow!("CUDA driver init failed: {e:?}"))?;
+    let n = CudaContext::device_count().map_err(|e| anyhow!("cuDeviceGetCount failed: {e:?}"))?;
+    Ok(n.max(0) as usize)
+}
+
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    _modules: Vec<Arc<CudaModule>>,
+    functions: HashMap<&'static str, CudaFunction>,
+    allocations: HashSet<u64>,
+    blas: Option<cudarc::cublas::CudaBlas>,
+    name: String,
+}
+
+impl CudaDevice {
+    /// Open GPU `ordinal` and load every kernel module.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let count = device_count()?;
+        if ordinal >= count {
+            bail!("GPU {ordinal} requested, but the driver reports {count}");
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("creating a context on GPU {ordinal}: {e:?}"))?;
+        // SAFETY: this layer orders all work on one stream explicitly.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let name = ctx.name().unwrap_or_else(|_| format!("GPU {ordinal}"));
+        let mut modules = vec![];
+        let mut functions = HashMap::new();
+        for m in MODULES {
+            let module = ctx
+                .load_module(Ptx::from_src(m.ptx))
+                .map_err(|e| anyhow!("loading PTX module {} on {name}: {e:?}", m.name))?;
+            for &f in m.functions {
+                let func = module.load_function(f).map_err(|e| anyhow!("kernel {f} in {}: {e:?}", m.name))?;
+                functions.insert(f, func);
+            }
+            modules.push(module);
+        }
+        // cuBLAS is optional: kernels work without it; gemm then errors.
+        // SAFETY: probe only.
+        let blas = if unsafe { cudarc::cublas::sys::is_culib_present() } {
+            cudarc::cublas::CudaBlas::new(stream.clone()).ok()
+        } else {
+            None
+        };
+        Ok(CudaDevice { ctx, stream, _modules: modules, functions, allocations: HashSet::new(), blas, name })
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| anyhow!("binding the CUDA context: {e:?}"))
+    }
+}
+
+impl Device for CudaDevice {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn alloc(&mut self, bytes: usize) -> Result<DevicePtr> {
+        self.bind()?;
+        // SAFETY: the context is bound; the pointer is tracked and freed in Drop.
+        let p = unsafe { result::malloc_sync(bytes.max(1)) }.map_err(|e| anyhow!("cuMemAlloc({bytes}): {e:?}"))?;
+        self.allocations.insert(p);
+        Ok(DevicePtr(p))
+    }
+
+    fn free(&mut self, ptr: DevicePtr) -> Result<()> {
+        if !self.allocations.remove(&ptr.0) {
+            bail!("free of {:#x}, which is not an allocation of this device", ptr.0);
+        }
+        self.bind()?;
+        self.stream.synchronize().map_err(|e| anyhow!("{e:?}"))?;
+        // SAFETY: ptr came from malloc_sync and the stream is idle.
+        unsafe { result::free_sync(ptr.0) }.map_err(|e| anyhow!("cuMemFree: {e:?}"))
+    }
+
+    fn copy_h2d(&mut self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        self.bind()?;
+        self.stream.synchronize().map_err(|e| anyhow!("{e:?}"))?;
+        // SAFETY: synchronous copy into device memory the caller sized.
+        unsafe { result::memcpy_htod_sync(dst.0, src) }.map_err(|e| anyhow!("copy to device: {e:?}"))
+    }
+
+    fn copy_d2h(&mut self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        self.bind()?;
+        self.stream.synchronize().map_err(|e| anyhow!("{e:?}"))?;
+        // SAFETY: synchronous copy after the stream drained.
+        unsafe { result::memcpy_dtoh_sync(dst, src.0) }.map_err(|e| anyhow!("copy from device: {e:?}"))
+    }
+
+    fn launch(&mut self, function: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
+        self.bind()?;
+        let f = self.functions.get(function).ok_or_else(|| anyhow!("no kernel named {function} in the embedded PTX"))?;
+        // Each parameter's bytes live in `storage`; cuLaunchKernel reads them
+        // through `params` during the call.
+        let mut storage: Vec<[u8; 8]> = args
+            .iter()
+            .map(|a| {
+                let mut b = [0u8; 8];
+                match *a {
+                    KernelArg::Ptr(p) => b.copy_from_slice(&p.0.to_le_bytes()),
+                    KernelArg::I64(v) => b.copy_from_slice(&v.to_le_bytes()),
+                    KernelArg::I32(v) => b[..4].copy_from_slice(&v.to_le_bytes()),
+                    KernelArg::F32(v) => b[..4].copy_from_slice(&v.to_le_bytes()),
+                }
+                b
+            })
+            .collect();
+        let mut params: Vec<*mut c_void> = storage.iter_mut().map(|b| b.as_mut_ptr() as *mut c_void).collect();
+        // SAFETY: the argument list matches the kernel's signature (the
+        // launchers in backend::gpu are the only callers) and outlives the call.
+        unsafe { result::launch_kernel(f.cu_function(), cfg.grid, cfg.block, cfg.shared_bytes, self.stream.cu_stream(), &mut params) }
+            .map_err(|e| anyhow!("launching {function} {cfg:?}: {e:?}"))
+            .context("kernel launch")
+    }
+
+    fn gemm_f32_nt(&mut self, c: DevicePtr, a: DevicePtr, b: DevicePtr, m: usize, n: usize, k: usize) -> Result<()> {
+        self.bind()?;
+        let blas = self.blas.as_ref().ok_or_else(|| anyhow!("cuBLAS is not available on this machine"))?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // Row-major C = A·B^T is column-major C^T = B·A^T: op(B^T col) = T.
+        // SAFETY: pointers are device allocations of the stated shapes.
+        unsafe {
+            cudarc::cublas::result::sgemm(
+                *blas.handle(),
+                cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T,
+                cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N,
+                n as i32,
+                m as i32,
+                k as i32,
+                &alpha,
+                b.0 as *const f32,
+                k as i32,
+                a.0 as *const f32,
+                k as i32,
+                &beta,
+                c.0 as *mut f32,
+                n as i32,
+            )
+        }
+        .map_err(|e| anyhow!("cublasSgemm {m}x{n}x{k}: {e:?}"))
+    }
+
+    fn synchronize(&mut self) -> Result<()> {
+        self.bind()?;
+        self.stream.synchronize().map_err(|e| anyhow!("stream synchronize: {e:?}"))
+    }
+}
+
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        if self.bind().is_ok() {
+            let _ = self.stream.synchronize();
+            for p in self.allocations.drain() {
+                // SAFETY: every tracked pointer came from malloc_sync.
+                let _ = unsafe { result::free_sync(p) };
+            }
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The PTX the binary ships, as `&'static str` constants, in one index.
+//!
+//! Owns: the list of kernel modules and the functions each exports. The PTX
+//! is generated from cuda/*.cu by `cargo run -p xtask -- ptx` (NVRTC 12.4,
+//! compute_80) and committed, so a plain `cargo build` needs no CUDA
+//! toolkit. Devices load each module once and look functions up by name.
+
+/// One compiled .cu file.
+#[derive(Debug)]
+pub struct PtxModule {
+    pub name: &'static str,
+    pub ptx: &'static str,
+    pub functions: &'static [&'static str],
+}
+
+macro_rules! module {
+    ($name:literal, [$($f:literal),* $(,)?]) => {
+        PtxModule { name: $name, ptx: include_str!(concat!("../../ptx/", $name, ".ptx")), functions: &[$($f),*] }
+    };
+}
+
+pub const MODULES: &[PtxModule] = &[
+    module!("adamw", ["adamw_step"]),
+    module!("cast", ["f32_to_bf16", "bf16_to_f32"]),
+    module!("embedding", ["embedding_fwd", "embedding_bwd"]),
+    module!("gemm_mma", ["gemm_bf16_tn"]),
+    module!("global_norm", ["sum_squares_partial", "sum_partials"]),
+    module!("rmsnorm", ["rmsnorm_fwd", "rmsnorm_bwd"]),
+    module!("rope", ["rope_fwd", "rope_bwd"]),
+    module!("swiglu", ["swiglu_fwd", "swiglu_bwd"]),
+];
+
+/// The module exporting `function`.
+pub fn module_of(function: &str) -> Option<&'static PtxModule> {
+    MODULES.iter().find(|m| m.functions.contains(&function))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_function_is_an_entry_of_its_ptx() {
+        for m in MODULES {
+            for f in m.functions {
+                assert!(m.ptx.contains(&format!(".entry {f}(")), "{}.ptx lacks .entry {f}", m.name);
+            }
+            let entries = m.ptx.matches(".entry ").count();
+            assert_eq!(entries, m.functions.len(), "{}.ptx has {entries} entries; the index lists {}", m.name, m.functions.len());
+        }
+    }
+}
