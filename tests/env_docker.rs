@@ -178,8 +178,11 @@ async fn episode_file_operations_and_grading_of_a_submission() {
     let (ok, out) = ep.apply_diff(&t.patch).await.unwrap();
     assert!(ok, "{out}");
     ep.write_file("NOTES.txt", "a new file\n").await.unwrap();
+    let r = bounded(120, ep.run("python3 -m pytest -q tests >/dev/null; python3 -c 'import py_compile; py_compile.compile(\"pager/paginator.py\")'", Duration::from_secs(60))).await.unwrap();
+    assert!(!r.timed_out);
     let sub = ep.submission().await.unwrap();
     assert!(sub.contains("pager/paginator.py") && sub.contains("NOTES.txt"), "{sub}");
+    assert!(!sub.contains("__pycache__") && !sub.contains(".pytest_cache"), "{sub}");
     let (ok, _) = ep.apply_diff("--- a/nothing.py\n+++ b/nothing.py\n@@ -1 +1 @@\n-x\n+y\n").await.unwrap();
     assert!(!ok);
     ep.close().await;

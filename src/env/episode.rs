@@ -115,11 +115,12 @@ impl Episode {
         apply_patch(&mut self.shell, &self.docker, &self.container, diff, "/tmp/appliance_edit.diff").await
     }
 
-    /// The submitted patch: the working tree (new files included) against base_commit.
+    /// The submitted patch: the working tree (new files included, Python
+    /// caches left out) against base_commit.
     pub async fn submission(&mut self) -> Result<String> {
         let saved = self.shell.limits;
         self.shell.limits = OutputLimits { head_bytes: 8 << 20, tail_bytes: 0 };
-        let r = self.shell.run_exec(&format!("cd /testbed && git add -A >/dev/null 2>&1 && git -c core.fileMode=false diff --cached --binary {} ", sq(&self.base_commit)), Duration::from_secs(60)).await;
+        let r = self.shell.run_exec(&format!("cd /testbed && git add -A -- . ':(exclude,glob)**/__pycache__/**' ':(exclude,glob)**/.pytest_cache/**' ':(exclude,glob)**/*.pyc' >/dev/null 2>&1 && git -c core.fileMode=false diff --cached --binary {} ", sq(&self.base_commit)), Duration::from_secs(60)).await;
         self.shell.limits = saved;
         let r = r?;
         if r.exit_code != Some(0) {
