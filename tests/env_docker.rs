@@ -234,3 +234,39 @@ async fn bad_input_gives_clear_errors_or_classified_results() {
     assert_eq!(r.reward, None, "an environment error is never scored");
     assert_no_containers(&d, &run).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_removes_the_runs_containers() {
+    let (d, _run, _g, _) = setup("sigterm").await;
+    let out = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_appliance"))
+        .args(["env", "validate", "--out"])
+        .arg(out.path().join("valid.jsonl"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let prefix = format!("validate-{}-", child.id());
+    let mine = |d: bollard::Docker, prefix: String| async move {
+        let mut filters = std::collections::HashMap::new();
+        filters.insert("label".to_string(), vec![env::LABEL_RUN.to_string()]);
+        let opts = bollard::query_parameters::ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+        d.list_containers(Some(opts)).await.unwrap().into_iter().filter(|c| c.labels.as_ref().and_then(|l| l.get(env::LABEL_RUN)).is_some_and(|r| r.starts_with(&prefix))).count()
+    };
+    let mut seen = false;
+    for _ in 0..600 {
+        if mine(d.clone(), prefix.clone()).await > 0 {
+            seen = true;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(seen, "validate started no container");
+    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let status = bounded(120, tokio::task::spawn_blocking(move || child.wait())).await.unwrap().unwrap();
+    assert!(!status.success());
+    assert_eq!(mine(d.clone(), prefix).await, 0, "containers of the interrupted run remain");
+}

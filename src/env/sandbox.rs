@@ -12,6 +12,7 @@ use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptions, ListContainersOptions, RemoveContainerOptions};
 use bollard::Docker;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Limits and labels for one container.
@@ -34,8 +35,39 @@ impl Spec {
     }
 }
 
+/// Set once a signal has arrived: no new container may start after it.
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+/// Container creations in flight (the signal reaper waits for them).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+struct InFlight;
+impl InFlight {
+    fn new() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight
+    }
+}
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Create and start a sandboxed container that idles until removed.
 pub async fn start(docker: &Docker, spec: &Spec) -> Result<String> {
+    let _flight = InFlight::new();
+    if SHUTTING_DOWN.load(Ordering::SeqCst) {
+        return Err(EnvError("shutting down: no new containers".into()).into());
+    }
+    let id = start_inner(docker, spec).await?;
+    if SHUTTING_DOWN.load(Ordering::SeqCst) {
+        remove(docker, &id).await;
+        return Err(EnvError("shutting down: no new containers".into()).into());
+    }
+    Ok(id)
+}
+
+async fn start_inner(docker: &Docker, spec: &Spec) -> Result<String> {
     let mut labels = HashMap::new();
     labels.insert(LABEL_RUN.to_string(), spec.run_id.clone());
     labels.insert(LABEL_DEADLINE.to_string(), (now_unix() + spec.ttl.as_secs()).to_string());
@@ -128,6 +160,12 @@ pub fn spawn_signal_reaper(docker: Docker, run_id: String) {
     tokio::spawn(async move {
         let code = wait_signal().await;
         eprintln!("signal received: removing the containers of run {run_id}");
+        SHUTTING_DOWN.store(true, Ordering::SeqCst);
+        // let creations in flight land (they remove their own container), then reap
+        let t0 = std::time::Instant::now();
+        while IN_FLIGHT.load(Ordering::SeqCst) > 0 && t0.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(60), reap_run(&docker, &run_id)).await;
         std::process::exit(code);
     });

@@ -206,6 +206,16 @@ impl Shell {
         Ok(sh)
     }
 
+    /// Is the container running (per the daemon)?
+    async fn running(&mut self) -> Result<bool> {
+        let c = self
+            .docker
+            .inspect_container(&self.container, None::<bollard::query_parameters::InspectContainerOptions>)
+            .await
+            .map_err(|e| EnvError(format!("inspecting container {}: {e}", self.container)))?;
+        Ok(c.state.and_then(|s| s.running).unwrap_or(false))
+    }
+
     /// Is the persistent session still in use?
     pub fn has_session(&self) -> bool {
         self.session.is_some()
@@ -238,9 +248,21 @@ impl Shell {
 
     async fn after_death(&mut self, reason: &str, t0: Instant) -> Result<CmdOutput> {
         // check the container is still usable, so the next command can fall back
-        let alive = self.run_exec("true", Duration::from_secs(20)).await;
+        let alive = match self.running().await {
+            Err(e) => Err(e),
+            Ok(false) => Err(EnvError(format!("container {} is not running", self.container)).into()),
+            Ok(true) => match self.run_exec("true", Duration::from_secs(20)).await {
+                Ok(r) if r.exit_code == Some(0) => match self.running().await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(EnvError(format!("container {} is not running", self.container)).into()),
+                    Err(e) => Err(e),
+                },
+                Ok(r) => Err(EnvError(format!("a probe in container {} failed (exit {:?})", self.container, r.exit_code)).into()),
+                Err(e) => Err(e),
+            },
+        };
         match alive {
-            Ok(_) => Ok(CmdOutput {
+            Ok(()) => Ok(CmdOutput {
                 output: format!("[the shell session ended ({reason}); later commands run one exec each, without the session's state]"),
                 exit_code: None,
                 timed_out: false,
