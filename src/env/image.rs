@@ -82,7 +82,7 @@ pub async fn ensure_base(docker: &Docker) -> Result<String> {
 
 async fn build_base(docker: &Docker, tag: &str) -> Result<()> {
     let debootstrap = ["/usr/sbin/debootstrap", "/usr/bin/debootstrap"].into_iter().find(|p| Path::new(p).exists()).ok_or_else(|| anyhow!("debootstrap is not installed (apt-get install -y debootstrap), and no registry is reachable to pull a base image"))?;
-    let work = tempdir_in_var_tmp("appliance-base")?;
+    let work = unique_tempdir("appliance-base")?;
     let root = work.join("rootfs");
     let mirror = apt_mirror();
     eprintln!("building base image {tag}: debootstrap {BASE_SUITE} from {mirror} (about a minute)");
@@ -155,9 +155,12 @@ async fn build_base(docker: &Docker, tag: &str) -> Result<()> {
     Ok(())
 }
 
-fn tempdir_in_var_tmp(prefix: &str) -> Result<PathBuf> {
+fn unique_tempdir(prefix: &str) -> Result<PathBuf> {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let base = std::env::temp_dir();
-    let p = base.join(format!("{prefix}-{}-{}", std::process::id(), super::now_unix()));
+    let p = base.join(format!("{prefix}-{}-{}-{n}", std::process::id(), super::now_unix()));
+    let _ = std::fs::remove_dir_all(&p);
     std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
     Ok(p)
 }
@@ -222,7 +225,7 @@ pub async fn pull(docker: &Docker, name: &str) -> Result<()> {
 }
 
 async fn build_from_repo(docker: &Docker, task: &Task, repo: &Path, base: &str, tag: &str) -> Result<()> {
-    let work = tempdir_in_var_tmp("appliance-task")?;
+    let work = unique_tempdir("appliance-task")?;
     let r = async {
         let tb = work.join("testbed");
         let out = std::process::Command::new("git").args(["clone", "--quiet", "--no-hardlinks"]).arg(repo).arg(&tb).output().context("running git clone")?;
