@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod device;
 pub mod engine;
+pub mod env;
 pub mod kernels;
 pub mod model;
 pub mod monitor;

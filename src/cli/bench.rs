@@ -32,6 +32,52 @@ pub struct Args {
     /// Timed repeats after the warm-up.
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
+    /// env suite: numbers of concurrent episodes, one measurement each.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4])]
+    pub episodes: Vec<usize>,
+}
+
+/// The env suite (Docker): persistent session vs one exec per command, and
+/// container start-to-ready, at each number of concurrent episodes.
+fn env_rows(episodes: &[usize]) -> Result<Vec<bench::Row>> {
+    use crate::env::{self, bench as eb, image, sandbox};
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let measured = rt.block_on(async {
+        let d = env::connect().await?;
+        sandbox::reap_expired(&d).await?;
+        let img = image::ensure_base(&d).await?;
+        let run_id = env::new_run_id("bench");
+        sandbox::spawn_signal_reaper(d.clone(), run_id.clone());
+        let o = eb::Options { concurrency: episodes.to_vec(), commands: 200, starts: 20, image: img, run_id: run_id.clone() };
+        let r = eb::run(&d, &o).await;
+        let _ = sandbox::reap_run(&d, &run_id).await;
+        r
+    })?;
+    eprint!("{}", eb::table(&measured));
+    let row = |name: String, v: f64, unit: &str, repeats: usize| bench::Row {
+        suite: "env".into(),
+        name,
+        median: v,
+        min: v,
+        max: v,
+        unit: unit.into(),
+        tokens_per_s: None,
+        util_mean_pct: None,
+        util_peak_pct: None,
+        memory_peak_bytes: None,
+        mfu: None,
+        repeats,
+    };
+    let mut rows = Vec::new();
+    for m in &measured {
+        let n = m.concurrency;
+        rows.push(row(format!("session, short commands, {n} episodes"), m.session_per_s, "cmd/s", 1));
+        rows.push(row(format!("exec per command, short commands, {n} episodes"), m.exec_per_s, "cmd/s", 1));
+        rows.push(row(format!("session/exec speedup, {n} episodes"), m.session_per_s / m.exec_per_s, "x", 1));
+        rows.push(row(format!("start-to-ready p50, {n} episodes"), m.ready_p50 * 1000.0, "ms", m.starts));
+        rows.push(row(format!("start-to-ready p99, {n} episodes"), m.ready_p99 * 1000.0, "ms", m.starts));
+    }
+    Ok(rows)
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -56,10 +102,11 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     if want(Suite::Env) {
-        if a.suite == Suite::Env {
-            anyhow::bail!("the env suite needs the Docker environments layer, which is not built yet");
+        match env_rows(&a.episodes) {
+            Ok(r) => rows.extend(r),
+            Err(e) if a.suite != Suite::Env => eprintln!("skipping the env suite: {e:#}"),
+            Err(e) => return Err(e),
         }
-        eprintln!("skipping the env suite: the Docker environments layer is not built yet");
     }
     let report = bench::report(rows);
     let json = serde_json::to_string_pretty(&report)?;

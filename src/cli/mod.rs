@@ -7,6 +7,7 @@
 
 mod bench;
 mod demo;
+mod env;
 mod generate;
 mod gpus;
 mod score;
@@ -46,6 +47,8 @@ pub enum Command {
     Selftest(selftest::Args),
     /// A snapshot of the node's GPUs through NVML (exit 3: no NVIDIA driver).
     Gpus(gpus::Args),
+    /// Docker SWE environments: build the base image, list and validate tasks.
+    Env(env::Args),
     /// Benchmark mode: tokens/s, utilization, memory and MFU per suite.
     Bench(bench::Args),
 }
@@ -94,6 +97,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Tokenize(a)) => tokenize::run(a),
         Some(Command::Selftest(a)) => selftest::run(a),
         Some(Command::Gpus(a)) => gpus::run(a),
+        Some(Command::Env(a)) => env::run(a),
         Some(Command::Bench(a)) => bench::run(a),
     }
 }

@@ -1,0 +1,216 @@
+//! Sandboxed containers: creation with limits and labels, removal, and the
+//! reaper that removes labelled containers past their deadline.
+//!
+//! Owns: the container's security settings (network disabled, memory, CPU
+//! and pids limits, no-new-privileges, every capability dropped, no host
+//! mounts), the run/deadline labels, and cleanup (per run, past deadline,
+//! on SIGINT/SIGTERM). Does not own: what runs inside (`shell`, `episode`).
+
+use super::{now_unix, EnvError, LABEL_DEADLINE, LABEL_RUN};
+use anyhow::Result;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{CreateContainerOptions, ListContainersOptions, RemoveContainerOptions};
+use bollard::Docker;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Limits and labels for one container.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub image: String,
+    pub run_id: String,
+    /// How long the container may live; the reaper removes it after that.
+    pub ttl: Duration,
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids_limit: i64,
+    /// Off by default. Only a user's explicit choice turns it on.
+    pub network: bool,
+}
+
+impl Spec {
+    pub fn new(image: &str, run_id: &str) -> Self {
+        Spec { image: image.into(), run_id: run_id.into(), ttl: Duration::from_secs(3600), memory_bytes: 2 << 30, nano_cpus: 1_000_000_000, pids_limit: 256, network: false }
+    }
+}
+
+/// Set once a signal has arrived: no new container may start after it.
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+/// Container creations in flight (the signal reaper waits for them).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+struct InFlight;
+impl InFlight {
+    fn new() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight
+    }
+}
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Create and start a sandboxed container that idles until removed.
+pub async fn start(docker: &Docker, spec: &Spec) -> Result<String> {
+    let _flight = InFlight::new();
+    if SHUTTING_DOWN.load(Ordering::SeqCst) {
+        return Err(EnvError("shutting down: no new containers".into()).into());
+    }
+    let id = start_inner(docker, spec).await?;
+    if SHUTTING_DOWN.load(Ordering::SeqCst) {
+        remove(docker, &id).await;
+        return Err(EnvError("shutting down: no new containers".into()).into());
+    }
+    Ok(id)
+}
+
+async fn start_inner(docker: &Docker, spec: &Spec) -> Result<String> {
+    let mut labels = HashMap::new();
+    labels.insert(LABEL_RUN.to_string(), spec.run_id.clone());
+    labels.insert(LABEL_DEADLINE.to_string(), (now_unix() + spec.ttl.as_secs()).to_string());
+    let host = HostConfig {
+        network_mode: Some(if spec.network { "bridge".into() } else { "none".into() }),
+        memory: Some(spec.memory_bytes),
+        memory_swap: Some(spec.memory_bytes),
+        nano_cpus: Some(spec.nano_cpus),
+        pids_limit: Some(spec.pids_limit),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        cap_drop: Some(vec!["ALL".into()]),
+        init: Some(true),
+        binds: None,
+        mounts: None,
+        privileged: Some(false),
+        ..Default::default()
+    };
+    let body = ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        cmd: Some(vec!["sleep".into(), "infinity".into()]),
+        labels: Some(labels),
+        network_disabled: Some(!spec.network),
+        working_dir: Some("/".into()),
+        env: Some(vec!["LANG=C.UTF-8".into(), "PYTHONDONTWRITEBYTECODE=1".into()]),
+        host_config: Some(host),
+        ..Default::default()
+    };
+    let created = docker
+        .create_container(None::<CreateContainerOptions>, body)
+        .await
+        .map_err(|e| EnvError(format!("creating a container from image {}: {e}", spec.image)))?;
+    if let Err(e) = docker.start_container(&created.id, None::<bollard::query_parameters::StartContainerOptions>).await {
+        remove(docker, &created.id).await;
+        return Err(EnvError(format!("starting a container from image {}: {e}", spec.image)).into());
+    }
+    Ok(created.id)
+}
+
+/// Remove a container, killing it first; errors are logged, not returned.
+pub async fn remove(docker: &Docker, id: &str) {
+    let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+    match tokio::time::timeout(Duration::from_secs(60), docker.remove_container(id, Some(opts))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => {}
+        Ok(Err(e)) => tracing::warn!("removing container {id}: {e}"),
+        Err(_) => tracing::warn!("removing container {id}: timed out"),
+    }
+}
+
+async fn labelled(docker: &Docker, label: &str) -> Result<Vec<bollard::models::ContainerSummary>> {
+    let mut filters = HashMap::new();
+    filters.insert("label".to_string(), vec![label.to_string()]);
+    let opts = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+    Ok(docker.list_containers(Some(opts)).await.map_err(|e| EnvError(format!("listing containers: {e}")))?)
+}
+
+/// Ids of every container (any state) of a run.
+pub async fn run_containers(docker: &Docker, run_id: &str) -> Result<Vec<String>> {
+    Ok(labelled(docker, &format!("{LABEL_RUN}={run_id}")).await?.into_iter().filter_map(|c| c.id).collect())
+}
+
+/// Remove every container of a run. Returns how many.
+pub async fn reap_run(docker: &Docker, run_id: &str) -> Result<usize> {
+    let ids = run_containers(docker, run_id).await?;
+    for id in &ids {
+        remove(docker, id).await;
+    }
+    Ok(ids.len())
+}
+
+/// Remove every labelled container (of any run, in any state, Created
+/// included) whose deadline has passed or cannot be read.
+pub async fn reap_expired(docker: &Docker) -> Result<usize> {
+    let now = now_unix();
+    let mut n = 0;
+    for c in labelled(docker, LABEL_RUN).await? {
+        let deadline = c.labels.as_ref().and_then(|l| l.get(LABEL_DEADLINE)).and_then(|d| d.parse::<u64>().ok());
+        if deadline.is_none_or(|d| d <= now) {
+            if let Some(id) = &c.id {
+                remove(docker, id).await;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// On SIGINT or SIGTERM: remove this run's containers and exit (130/143).
+pub fn spawn_signal_reaper(docker: Docker, run_id: String) {
+    tokio::spawn(async move {
+        let code = wait_signal().await;
+        eprintln!("signal received: removing the containers of run {run_id}");
+        SHUTTING_DOWN.store(true, Ordering::SeqCst);
+        // let creations in flight land (they remove their own container), then reap
+        let t0 = std::time::Instant::now();
+        while IN_FLIGHT.load(Ordering::SeqCst) > 0 && t0.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(60), reap_run(&docker, &run_id)).await;
+        std::process::exit(code);
+    });
+}
+
+async fn wait_signal() -> i32 {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => 130,
+                _ = term.recv() => 143,
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                130
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        130
+    }
+}
+
+/// Removes a run's containers when dropped (from any context: it uses a
+/// runtime of its own on a separate thread).
+pub struct RunGuard {
+    pub run_id: String,
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        let run = self.run_id.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(async {
+                    if let Ok(d) = super::connect().await {
+                        let _ = reap_run(&d, &run).await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
