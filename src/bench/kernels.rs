@@ -80,6 +80,10 @@ pub fn run_device(dev: &mut dyn Device, repeats: usize) -> Result<Vec<Row>> {
         dev.synchronize()?;
         Ok(2.0 * (mm * mm * mm) as f64 / 1e9)
     })?);
+    // Tensor-core throughput against the GPU's dense BF16 peak.
+    if let (Some(peak), Some(row)) = (crate::monitor::mfu::peak_tflops(&label), rows.last_mut()) {
+        row.mfu = Some(row.median / 1e3 / peak);
+    }
     let (af, bf) = (dev.zeros(mm * mm * 4)?, dev.zeros(mm * mm * 4)?);
     rows.push(measure("kernels", &format!("cuBLAS sgemm 4096^3 ({label})"), "GFLOP/s", repeats, false, false, || {
         dev.gemm_f32_nt(c, af, bf, mm, mm, mm)?;
