@@ -5,6 +5,7 @@
 //! `cli` → `train` → `engine` → `model` → `backend` → `tensor`.
 //! `config` is plain data usable from every layer. See docs/ARCHITECTURE.md.
 
+pub mod agent;
 pub mod backend;
 pub mod bench;
 pub mod cli;
