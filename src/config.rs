@@ -105,11 +105,14 @@ impl Config {
 
 /// Deserialize, naming the key path and (when known) the line.
 fn parse_toml(text: &str, origin: &str) -> Result<Config> {
-    let de = toml::Deserializer::new(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    deserialize_located(text, origin)
+}
+
+/// Deserialize `text` as `T`; errors name `origin`, the key path and the line.
+fn deserialize_located<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T> {
+    serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        anyhow!("{origin}: key `{path}`: {}", located(text, &inner))
+        anyhow!("{origin}: key `{path}`: {}", located(text, &e.into_inner()))
     })
 }
 
@@ -126,13 +129,7 @@ fn check_schema(text: &str, origin: &str) -> Result<()> {
         demo: Option<DemoSection>,
         monitor: Option<MonitorSection>,
     }
-    let de = toml::Deserializer::new(text);
-    let r: std::result::Result<Partial, _> = serde_path_to_error::deserialize(de);
-    r.map(|_| ()).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        anyhow!("{origin}: key `{path}`: {}", located(text, &inner))
-    })
+    deserialize_located::<Partial>(text, origin).map(|_| ())
 }
 
 /// "line N: message" from a toml error's span.

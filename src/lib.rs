@@ -13,6 +13,7 @@ pub mod config;
 pub mod device;
 pub mod engine;
 pub mod env;
+pub mod files;
 pub mod kernels;
 pub mod model;
 pub mod monitor;

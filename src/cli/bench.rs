@@ -111,7 +111,7 @@ pub fn run(a: Args) -> Result<()> {
     let report = bench::report(rows);
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(out) = &a.out {
-        crate::model::pretrained::write_atomic(out, json.as_bytes())?;
+        crate::files::write_atomic(out, json.as_bytes())?;
     }
     if a.json {
         println!("{json}");

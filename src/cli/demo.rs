@@ -7,11 +7,11 @@
 
 use crate::config::Config;
 use crate::engine::{generate, SamplingParams};
-use crate::model::chat::{ChatTemplate, Message, Role, Source};
+use crate::model::chat::{ChatTemplate, Message, Source};
 use crate::model::pretrained;
 use crate::train::optimizer::{AdamW, OptimConfig};
 use crate::train::supervised::fit;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use crate::monitor::metrics::{aggregate, warnings};
 use crate::monitor::sampler::{Sampler, Source as SampleSource};
@@ -35,36 +35,15 @@ pub struct Args {
 }
 
 fn parse_conversations() -> Result<Vec<Vec<Message>>> {
-    let origin = "configs/tiny/demo_conversations.json";
-    let v: serde_json::Value = serde_json::from_str(CONVERSATIONS).with_context(|| origin.to_string())?;
-    let convs = v.as_array().ok_or_else(|| anyhow!("{origin}: expected an array of conversations"))?;
-    convs
-        .iter()
-        .map(|c| {
-            c.as_array()
-                .ok_or_else(|| anyhow!("{origin}: a conversation must be an array"))?
-                .iter()
-                .map(|m| {
-                    let role = match m["role"].as_str() {
-                        Some("system") => Role::System,
-                        Some("user") => Role::User,
-                        Some("assistant") => Role::Assistant,
-                        other => bail!("{origin}: unknown role {other:?}"),
-                    };
-                    let content = m["content"].as_str().ok_or_else(|| anyhow!("{origin}: missing content"))?.to_string();
-                    Ok(Message { role, content })
-                })
-                .collect()
-        })
-        .collect()
+    serde_json::from_str(CONVERSATIONS)
+        .map_err(|e| anyhow!("configs/tiny/demo_conversations.json:{}:{}: {e}", e.line(), e.column()))
 }
 
 pub fn run(config: &Config, a: Args) -> Result<()> {
     let d = &config.demo;
     let steps = a.steps.unwrap_or(d.steps);
     let mut p = pretrained::load(config.model.dir.as_deref(), config.model.init_seed)?;
-    p.model.vocab_chunk = config.model.vocab_chunk;
-    p.model.recompute = config.model.recompute;
+    super::apply_model_settings(config, &mut p.model);
     let tmpl = ChatTemplate::new(p.tokenizer.clone())?;
     let convs = parse_conversations()?;
 

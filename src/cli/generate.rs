@@ -27,9 +27,8 @@ pub struct Args {
 }
 
 pub fn run(config: &Config, a: Args) -> Result<()> {
-    let dir = a.model.clone().or_else(|| config.model.dir.clone());
-    let mut p = pretrained::load(dir.as_deref(), config.model.init_seed)?;
-    p.model.vocab_chunk = config.model.vocab_chunk;
+    let mut p = pretrained::load(super::model_dir(config, &a.model).as_deref(), config.model.init_seed)?;
+    super::apply_model_settings(config, &mut p.model);
     let mut params = config.generate.clone();
     if let Some(n) = a.max_new_tokens {
         params.max_new_tokens = n;

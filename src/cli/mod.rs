@@ -85,6 +85,18 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
 }
 
+/// The model directory a command uses: its `--model`, else the config's
+/// `model.dir`; `None` means the embedded tiny model.
+fn model_dir(config: &Config, arg: &Option<PathBuf>) -> Option<PathBuf> {
+    arg.clone().or_else(|| config.model.dir.clone())
+}
+
+/// Apply the config's runtime settings to a loaded model.
+fn apply_model_settings(config: &Config, model: &mut crate::model::Model) {
+    model.vocab_chunk = config.model.vocab_chunk;
+    model.recompute = config.model.recompute;
+}
+
 /// Parse the command line and run it.
 pub fn run(cli: Cli) -> Result<()> {
     init_logging(cli.verbose);

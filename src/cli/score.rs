@@ -25,9 +25,9 @@ pub struct Args {
 }
 
 pub fn run(config: &Config, a: Args) -> Result<()> {
-    let dir = a.model.clone().or_else(|| config.model.dir.clone());
+    let dir = super::model_dir(config, &a.model);
     let mut model = pretrained::load_model(dir.as_deref(), config.model.init_seed)?;
-    model.vocab_chunk = config.model.vocab_chunk;
+    super::apply_model_settings(config, &mut model);
     let origin = dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "embedded tiny model".into());
     let input = Checkpoint::open(&a.ids)?;
     let (shape, ids) = input

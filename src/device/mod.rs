@@ -71,8 +71,12 @@ pub trait Device {
 pub trait DeviceExt: Device {
     fn upload_f32(&mut self, data: &[f32]) -> Result<DevicePtr> {
         let p = self.alloc(data.len() * 4)?;
-        self.copy_h2d(p, bytes_of(data))?;
+        self.write_f32(p, data)?;
         Ok(p)
+    }
+    /// Overwrite device memory at `dst` with `data`.
+    fn write_f32(&mut self, dst: DevicePtr, data: &[f32]) -> Result<()> {
+        self.copy_h2d(dst, bytes_of(data))
     }
     fn upload_u32(&mut self, data: &[u32]) -> Result<DevicePtr> {
         let p = self.alloc(data.len() * 4)?;

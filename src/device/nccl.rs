@@ -61,8 +61,7 @@ pub fn resolve(dirs: &[PathBuf]) -> Resolution {
 pub fn make_shim(shim_dir: &Path, target: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(shim_dir).with_context(|| format!("creating {}", shim_dir.display()))?;
     let link = shim_dir.join("libnccl.so");
-    let tmp = shim_dir.join(format!(".libnccl.so.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
+    let tmp = crate::files::temp_path(&link);
     std::os::unix::fs::symlink(target, &tmp).with_context(|| format!("linking {} to {}", tmp.display(), target.display()))?;
     std::fs::rename(&tmp, &link).with_context(|| format!("placing {}", link.display()))?;
     Ok(link)
@@ -79,7 +78,7 @@ pub fn ensure_loadable() -> Result<Option<PathBuf>> {
                 // Already re-executed but still not found: give up cleanly.
                 return Ok(None);
             }
-            let shim_dir = std::env::temp_dir().join(format!("appliance-nccl-shim-{}", unsafe_uid()));
+            let shim_dir = std::env::temp_dir().join(format!("appliance-nccl-shim-{}", real_uid()));
             make_shim(&shim_dir, &target)?;
             let mut paths = vec![shim_dir];
             if let Some(v) = std::env::var_os("LD_LIBRARY_PATH") {
@@ -97,7 +96,7 @@ pub fn ensure_loadable() -> Result<Option<PathBuf>> {
     }
 }
 
-fn unsafe_uid() -> u32 {
+fn real_uid() -> u32 {
     // The real uid keeps users' shim folders apart; /proc is always there on Linux.
     std::fs::read_to_string("/proc/self/status")
         .ok()

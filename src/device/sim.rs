@@ -8,7 +8,7 @@
 //! `synchronize` has nothing to wait for. Anything the interpreter does not
 //! support fails loudly with the instruction it met.
 
-use super::{Device, DevicePtr, KernelArg, LaunchConfig};
+use super::{Device, DeviceExt, DevicePtr, KernelArg, LaunchConfig};
 use crate::kernels::MODULES;
 use anyhow::{anyhow, Context, Result};
 use std::collections::HashMap;
@@ -34,12 +34,6 @@ impl SimDevice {
             modules.push(parsed);
         }
         Ok(SimDevice { mem: ptx_sim::Memory::new(), modules, functions, instructions: 0 })
-    }
-
-    fn read_f32(&self, p: DevicePtr, n: usize) -> Result<Vec<f32>> {
-        let mut b = vec![0u8; n * 4];
-        self.mem.read(p.0, &mut b).map_err(|e| anyhow!("{e}"))?;
-        Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 }
 
@@ -85,12 +79,11 @@ impl Device for SimDevice {
     }
 
     fn gemm_f32_nt(&mut self, c: DevicePtr, a: DevicePtr, b: DevicePtr, m: usize, n: usize, k: usize) -> Result<()> {
-        let av = self.read_f32(a, m * k)?;
-        let bv = self.read_f32(b, n * k)?;
+        let av = self.download_f32(a, m * k)?;
+        let bv = self.download_f32(b, n * k)?;
         let mut cv = vec![0.0f32; m * n];
         crate::backend::cpu::matmul::matmul(&mut cv, &av, &bv, m, k, n, false, true, false);
-        let bytes: Vec<u8> = cv.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.copy_h2d(c, &bytes)
+        self.write_f32(c, &cv)
     }
 
     fn synchronize(&mut self) -> Result<()> {

@@ -21,7 +21,6 @@ use std::fmt;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -30,6 +29,7 @@ use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
 
+use crate::files::temp_path;
 use crate::tensor::Tensor;
 
 /// File name of an unsharded checkpoint.
@@ -550,22 +550,6 @@ impl View for OutView<'_> {
 
 fn header_metadata() -> Option<HashMap<String, String>> {
     Some(HashMap::from([("format".to_string(), "pt".to_string())]))
-}
-
-/// A temporary name next to `target`, unique to this process and moment.
-fn temp_path(target: &Path) -> PathBuf {
-    let dir = target.parent().unwrap_or(Path::new("."));
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    dir.join(format!(".{name}.tmp-{}-{nanos}-{n}", std::process::id()))
 }
 
 /// Temporary files written so far; removed on drop unless committed.

@@ -11,6 +11,7 @@ use super::qwen2::Model;
 use super::tiny;
 use super::tokenizer::Tokenizer;
 use super::weights::Weights;
+use crate::files::write_atomic;
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -69,13 +70,4 @@ pub fn save(p: &Pretrained, dir: &Path) -> Result<()> {
     write_atomic(&dir.join("config.json"), cfg_json.as_bytes())?;
     write_atomic(&dir.join("tokenizer.json"), p.tokenizer.to_json()?.as_bytes())?;
     p.model.weights.save(&p.model.cfg, dir, super::checkpoint::StorageDtype::F32, None)
-}
-
-/// Write `bytes` to `path` through a temporary file in the same directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    Ok(())
 }

@@ -369,7 +369,7 @@ impl Model {
         let all: Vec<u32> = new.iter().flat_map(|s| s.iter().copied()).collect();
         let max_pos = new.iter().zip(caches.iter()).map(|(s, c)| c.len + s.len()).max().unwrap_or(0);
         self.prepare(&all, max_pos)?;
-        let cfg = self.cfg.clone();
+        let cfg = &self.cfg;
         let (n, h, i, qd, kvd, hd) = (all.len(), cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
         // Row r belongs to sequence seq_of[r] at absolute position pos[r].
         let mut seq_of = Vec::with_capacity(n);

@@ -60,11 +60,6 @@ impl LocalComm {
     }
 }
 
-fn write_f32(dev: &mut dyn Device, p: DevicePtr, v: &[f32]) -> Result<()> {
-    let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    dev.copy_h2d(p, &b)
-}
-
 impl Communicator for LocalComm {
     fn rank(&self) -> usize {
         self.rank
@@ -86,7 +81,7 @@ impl Communicator for LocalComm {
         }
         // Everyone has read the slots before any rank reuses them.
         self.shared.barrier.wait();
-        write_f32(dev, buf, &sum)
+        dev.write_f32(buf, &sum)
     }
 
     fn broadcast_f32(&mut self, dev: &mut dyn Device, buf: DevicePtr, count: usize, root: usize) -> Result<()> {
@@ -100,7 +95,7 @@ impl Communicator for LocalComm {
         if data.len() != count {
             bail!("broadcast: root sent {} values, this rank expects {count}", data.len());
         }
-        write_f32(dev, buf, &data)
+        dev.write_f32(buf, &data)
     }
 
     fn all_gather_f32(&mut self, dev: &mut dyn Device, send: DevicePtr, recv: DevicePtr, count: usize) -> Result<()> {
@@ -110,7 +105,7 @@ impl Communicator for LocalComm {
         if all.len() != count * self.world {
             bail!("all_gather: ranks sent different counts");
         }
-        write_f32(dev, recv, &all)
+        dev.write_f32(recv, &all)
     }
 
     fn send_f32(&mut self, dev: &mut dyn Device, buf: DevicePtr, count: usize, peer: usize) -> Result<()> {
@@ -128,6 +123,6 @@ impl Communicator for LocalComm {
         if data.len() != count {
             bail!("recv: rank {peer} sent {} values, this rank expects {count}", data.len());
         }
-        write_f32(dev, buf, &data)
+        dev.write_f32(buf, &data)
     }
 }
