@@ -5,6 +5,7 @@
 //! files (file, line, key path, what was expected). Does not own the model's
 //! Hugging Face `config.json` (see `model::config`).
 
+use crate::agent::scaffold::ScaffoldConfig;
 use crate::engine::SamplingParams;
 use crate::train::optimizer::OptimConfig;
 use anyhow::{anyhow, Context, Result};
@@ -22,6 +23,29 @@ pub struct Config {
     pub optim: OptimConfig,
     pub demo: DemoSection,
     pub monitor: MonitorSection,
+    pub agent: ScaffoldConfig,
+    pub rollout: RolloutSection,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutSection {
+    /// Episodes that run at once.
+    pub concurrency: usize,
+    /// Container starts in flight at once.
+    pub max_starts: usize,
+    /// An episode that hit an environment error is run again up to this many times.
+    pub env_retries: u32,
+    /// Seconds the task's tests may run when grading.
+    pub test_timeout_s: u64,
+    /// Seed of the episodes' sampling seeds.
+    pub seed: u64,
+}
+
+impl Default for RolloutSection {
+    fn default() -> Self {
+        RolloutSection { concurrency: 4, max_starts: 2, env_retries: 2, test_timeout_s: 300, seed: 0 }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,7 +115,9 @@ impl Config {
         check_schema(text, origin)?;
         merge(&mut base, user);
         let merged = toml::to_string(&base).expect("a TOML value serializes");
-        parse_toml(&merged, origin)
+        let c = parse_toml(&merged, origin)?;
+        c.agent.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
+        Ok(c)
     }
 
     /// Load `--config` if given, else the embedded default.
@@ -128,6 +154,8 @@ fn check_schema(text: &str, origin: &str) -> Result<()> {
         optim: Option<OptimConfig>,
         demo: Option<DemoSection>,
         monitor: Option<MonitorSection>,
+        agent: Option<ScaffoldConfig>,
+        rollout: Option<RolloutSection>,
     }
     deserialize_located::<Partial>(text, origin).map(|_| ())
 }

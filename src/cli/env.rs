@@ -52,7 +52,8 @@ pub struct ValidateArgs {
     pub out: PathBuf,
 }
 
-fn load(a: &TaskArgs) -> Result<Vec<task::Task>> {
+/// The tasks of `a`: a file, or the built-in suite.
+pub(super) fn load_tasks(a: &TaskArgs) -> Result<Vec<task::Task>> {
     match &a.tasks {
         None => suite::tasks(),
         Some(p) => {
@@ -70,7 +71,7 @@ pub fn run(a: Args) -> Result<()> {
     rt.block_on(async move {
         match a.command {
             Cmd::List(t) => {
-                for t in load(&t)? {
+                for t in load_tasks(&t)? {
                     println!("{}\t{}\tF2P={} P2P={}", t.instance_id, t.repo, t.fail_to_pass.len(), t.pass_to_pass.len());
                 }
                 Ok(())
@@ -82,7 +83,7 @@ pub fn run(a: Args) -> Result<()> {
                 Ok(())
             }
             Cmd::Validate(v) => {
-                let tasks = load(&v.tasks)?;
+                let tasks = load_tasks(&v.tasks)?;
                 let d = env::connect().await?;
                 let reaped = sandbox::reap_expired(&d).await?;
                 if reaped > 0 {

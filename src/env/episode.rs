@@ -30,6 +30,73 @@ pub struct Episode {
 
 /// Put one file into a container through the Engine API (a one-entry tar).
 pub async fn upload_file(docker: &Docker, container: &str, path: &str, content: &[u8]) -> Result<()> {
+    upload_file_mode(docker, container, path, content, 0o644).await
+}
+
+/// A regular file read from a container, byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileBytes {
+    pub content: Vec<u8>,
+    /// Permission bits (so an edit keeps an executable executable).
+    pub mode: u32,
+}
+
+/// Why a file could not be read (not an environment failure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotAFile {
+    Missing,
+    Directory,
+    /// Larger than the limit given.
+    TooLarge(u64),
+    /// A link, device, socket or fifo.
+    Special,
+}
+
+/// Read one file out of a container through the Engine API (a tar stream):
+/// exact bytes, no shell quoting, no output capping. Errors are environment
+/// failures; a path that is no readable regular file is `Ok(Err(..))`.
+pub async fn download_file(docker: &Docker, container: &str, path: &str, max_bytes: u64) -> Result<std::result::Result<FileBytes, NotAFile>> {
+    use futures_util::StreamExt;
+    use std::io::Read;
+    let opts = bollard::query_parameters::DownloadFromContainerOptions { path: path.to_string() };
+    let mut stream = docker.download_from_container(container, Some(opts));
+    let mut tar_bytes: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(b) => {
+                tar_bytes.extend_from_slice(&b);
+                // the tar of one file is its size plus headers: stop early on huge files
+                if tar_bytes.len() as u64 > max_bytes + (64 << 10) {
+                    return Ok(Err(NotAFile::TooLarge(tar_bytes.len() as u64)));
+                }
+            }
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => return Ok(Err(NotAFile::Missing)),
+            Err(e) => return Err(EnvError(format!("reading {path} from container {container}: {e}")).into()),
+        }
+    }
+    let mut ar = tar::Archive::new(tar_bytes.as_slice());
+    let mut entries = ar.entries().map_err(|e| EnvError(format!("reading {path}: bad archive from the daemon: {e}")))?;
+    let Some(entry) = entries.next() else { return Ok(Err(NotAFile::Missing)) };
+    let mut entry = entry.map_err(|e| EnvError(format!("reading {path}: bad archive from the daemon: {e}")))?;
+    let kind = entry.header().entry_type();
+    if kind.is_dir() {
+        return Ok(Err(NotAFile::Directory));
+    }
+    if !kind.is_file() {
+        return Ok(Err(NotAFile::Special));
+    }
+    let size = entry.header().size().unwrap_or(0);
+    if size > max_bytes {
+        return Ok(Err(NotAFile::TooLarge(size)));
+    }
+    let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
+    let mut content = Vec::with_capacity(size as usize);
+    entry.read_to_end(&mut content).map_err(|e| EnvError(format!("reading {path}: {e}")))?;
+    Ok(Ok(FileBytes { content, mode }))
+}
+
+/// Like [`upload_file`], with the file's permission bits.
+pub async fn upload_file_mode(docker: &Docker, container: &str, path: &str, content: &[u8], mode: u32) -> Result<()> {
     let (dir, name) = match path.rfind('/') {
         Some(0) => ("/", &path[1..]),
         Some(i) => (&path[..i], &path[i + 1..]),
@@ -41,7 +108,7 @@ pub async fn upload_file(docker: &Docker, container: &str, path: &str, content: 
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_size(content.len() as u64);
-    h.set_mode(0o644);
+    h.set_mode(mode);
     h.set_mtime(super::now_unix());
     h.set_cksum();
     b.append_data(&mut h, name, content)?;
@@ -107,6 +174,16 @@ impl Episode {
     /// Write a whole file.
     pub async fn write_file(&mut self, path: &str, content: &str) -> Result<()> {
         upload_file(&self.docker, &self.container, &Self::abs(path), content.as_bytes()).await
+    }
+
+    /// Read a file byte for byte (absolute path, or relative to /testbed).
+    pub async fn read_file(&mut self, path: &str, max_bytes: u64) -> Result<std::result::Result<FileBytes, NotAFile>> {
+        download_file(&self.docker, &self.container, &Self::abs(path), max_bytes).await
+    }
+
+    /// Write a file byte for byte with the given permission bits.
+    pub async fn write_bytes(&mut self, path: &str, content: &[u8], mode: u32) -> Result<()> {
+        upload_file_mode(&self.docker, &self.container, &Self::abs(path), content, mode).await
     }
 
     /// Apply a unified diff in /testbed. Ok(false) with the tool's output

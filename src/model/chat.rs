@@ -158,6 +158,10 @@ pub struct ChatTemplate {
     /// Insert [`QWEN_DEFAULT_SYSTEM`] when the conversation has no leading
     /// system message, as Qwen2.5's own template does. Default false.
     pub default_system: bool,
+    /// Recognize special-token strings inside message content, as Hugging
+    /// Face tokenizers do (default true, for parity). The agent turns it off:
+    /// text from an issue or a command output is never a control token.
+    pub special_in_content: bool,
 }
 
 fn role_index(role: Role) -> usize {
@@ -180,13 +184,28 @@ impl ChatTemplate {
             tokenizer.encode("user\n")?,
             tokenizer.encode("assistant\n")?,
         ];
-        Ok(ChatTemplate { tokenizer, im_start, im_end, newline, headers, default_system: false })
+        Ok(ChatTemplate { tokenizer, im_start, im_end, newline, headers, default_system: false, special_in_content: true })
     }
 
     /// Builder-style setter for [`ChatTemplate::default_system`].
     pub fn with_default_system(mut self, on: bool) -> Self {
         self.default_system = on;
         self
+    }
+
+    /// Builder-style setter for [`ChatTemplate::special_in_content`].
+    pub fn with_special_in_content(mut self, on: bool) -> Self {
+        self.special_in_content = on;
+        self
+    }
+
+    /// Encode one message's content under [`ChatTemplate::special_in_content`].
+    pub fn encode_content(&self, content: &str) -> Result<Vec<u32>> {
+        if self.special_in_content {
+            self.tokenizer.encode(content)
+        } else {
+            self.tokenizer.encode_plain(content)
+        }
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -222,7 +241,7 @@ impl ChatTemplate {
     /// fine-tuning on a rendered reply must teach it (exactly as when the
     /// policy sampled it and `append_sampled` recorded it).
     fn push_message(&self, out: &mut Rendered, role: Role, content: &str, source: Source) -> Result<()> {
-        let ids = self.tokenizer.encode(content)?;
+        let ids = self.encode_content(content)?;
         self.push_header(out, role);
         out.extend(&ids, source);
         if role == Role::Assistant {
@@ -288,7 +307,7 @@ impl ChatTemplate {
                 r.len()
             );
         }
-        let ids = self.tokenizer.encode(content)?;
+        let ids = self.encode_content(content)?;
         if ends_with_im_end {
             r.extend(&self.newline, Source::Template);
         }
@@ -405,6 +424,18 @@ mod tests {
         t.close_turn(&mut r).unwrap(); // idempotent
         assert_eq!(r.ids.iter().filter(|&&i| i == t.im_end()).count(), 2);
         t.append_user_turn(&mut r, "obs", Source::Observation).unwrap();
+    }
+
+    #[test]
+    fn special_strings_in_content_can_be_plain_text() {
+        let t = tmpl();
+        let msgs = [Message::user("a <|im_end|> b")];
+        let hf = t.render(&msgs, false).unwrap();
+        assert_eq!(hf.ids.iter().filter(|&&i| i == t.im_end()).count(), 2, "parsed as a control token, as HF does");
+        let t = t.with_special_in_content(false);
+        let plain = t.render(&msgs, false).unwrap();
+        assert_eq!(plain.ids.iter().filter(|&&i| i == t.im_end()).count(), 1, "only the template's own");
+        assert_eq!(t.tokenizer().decode(&plain.ids).unwrap(), t.tokenizer().decode(&hf.ids).unwrap());
     }
 
     #[test]

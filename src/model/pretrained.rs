@@ -31,6 +31,8 @@ pub fn load(dir: Option<&Path>, init_seed: u64) -> Result<Pretrained> {
             let model = tiny::tiny_model(init_seed);
             let tokenizer = Tokenizer::tiny()?;
             tokenizer.check_fits_model(model.cfg.vocab_size, "the embedded tiny model")?;
+            let mut model = model;
+            model.output_vocab = tokenizer.vocab_size();
             Ok(Pretrained { model, tokenizer, origin: "embedded tiny model".into() })
         }
         Some(dir) => {
@@ -39,7 +41,8 @@ pub fn load(dir: Option<&Path>, init_seed: u64) -> Result<Pretrained> {
             let tok_path = dir.join("tokenizer.json");
             let tokenizer = Tokenizer::from_file(&tok_path)?;
             tokenizer.check_fits_model(cfg.vocab_size, &dir.join("config.json").display().to_string())?;
-            let model = load_weights(dir, cfg)?;
+            let mut model = load_weights(dir, cfg)?;
+            model.output_vocab = tokenizer.vocab_size();
             Ok(Pretrained { model, tokenizer, origin })
         }
     }

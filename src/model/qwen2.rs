@@ -38,6 +38,13 @@ pub struct Model {
     /// Keep only each layer's input during the forward, and recompute the
     /// rest in the backward.
     pub recompute: bool,
+    /// Ids the model produces and scores: the first `output_vocab` rows of
+    /// the LM head. Qwen pads its embedding table past the tokenizer's
+    /// vocabulary (151,936 rows for 151,665 ids); the padding rows are never
+    /// sampled and never in a softmax, so the sampler and the trainer see the
+    /// same distribution. Defaults to `cfg.vocab_size`; loading a model with
+    /// its tokenizer sets it to the tokenizer's size.
+    pub output_vocab: usize,
 }
 
 /// Several token sequences packed into one buffer.
@@ -140,7 +147,8 @@ impl Model {
         let (inv, af) = cfg.rope_inv_freq();
         // The table grows on demand; start with a modest window.
         let rope = RopeTable::new(inv, af, cfg.max_position_embeddings.min(4096));
-        Model { cfg, weights, rope, vocab_chunk: DEFAULT_VOCAB_CHUNK, recompute: false }
+        let output_vocab = cfg.vocab_size;
+        Model { cfg, weights, rope, vocab_chunk: DEFAULT_VOCAB_CHUNK, recompute: false, output_vocab }
     }
 
     fn attn_shape(&self) -> AttnShape {
@@ -149,8 +157,9 @@ impl Model {
 
     /// Check token ids and grow the RoPE table to cover `max_pos`.
     fn prepare(&mut self, ids: &[u32], max_pos: usize) -> Result<()> {
-        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            bail!("token id {bad} is outside the model's vocabulary of {}", self.cfg.vocab_size);
+        let v = self.out_vocab();
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= v) {
+            bail!("token id {bad} is outside the model's vocabulary of {v}");
         }
         self.rope.ensure(max_pos + 1);
         Ok(())
@@ -291,13 +300,20 @@ impl Model {
     /// chunked LM-head op.
     pub fn token_logprobs(&self, st: &ForwardState, targets: &[u32]) -> TokenLogprobs {
         let lm = self.weights.lm_head();
-        logprob_entropy_fwd(&st.hidden, &lm.data, targets, self.cfg.hidden_size, self.cfg.vocab_size, self.vocab_chunk)
+        let (h, v) = (self.cfg.hidden_size, self.out_vocab());
+        logprob_entropy_fwd(&st.hidden, &lm.data[..v * h], targets, h, v, self.vocab_chunk)
     }
 
     /// Full logits `[n, vocab]`; for scoring and checks, not for training.
     pub fn logits(&self, st: &ForwardState) -> Vec<f32> {
         let n = st.hidden.len() / self.cfg.hidden_size;
-        logits_full(&st.hidden, &self.weights.lm_head().data, n, self.cfg.hidden_size, self.cfg.vocab_size)
+        let (h, v) = (self.cfg.hidden_size, self.out_vocab());
+        logits_full(&st.hidden, &self.weights.lm_head().data[..v * h], n, h, v)
+    }
+
+    /// [`Model::output_vocab`], bounded by the LM head's rows.
+    pub fn out_vocab(&self) -> usize {
+        self.output_vocab.clamp(1, self.cfg.vocab_size)
     }
 
     /// The backward, from d loss / d logprob and d loss / d entropy per token
@@ -313,7 +329,7 @@ impl Model {
         g_entropy: &[f32],
         grads: &mut Weights,
     ) {
-        let (n, h, v) = (batch.len(), self.cfg.hidden_size, self.cfg.vocab_size);
+        let (n, h, v) = (batch.len(), self.cfg.hidden_size, self.out_vocab());
         let mut dhidden = vec![0.0; n * h];
         {
             let lm = self.weights.lm_head();
@@ -321,7 +337,7 @@ impl Model {
                 Some(t) => &mut t.data,
                 None => &mut grads.embed.data,
             };
-            logprob_entropy_bwd(&mut dhidden, dlm, g_logprob, g_entropy, lp, &st.hidden, &lm.data, targets, h, v, self.vocab_chunk);
+            logprob_entropy_bwd(&mut dhidden, &mut dlm[..v * h], g_logprob, g_entropy, lp, &st.hidden, &lm.data[..v * h], targets, h, v, self.vocab_chunk);
         }
         let mut dx = vec![0.0; n * h];
         let last = &st.layer_inputs[self.cfg.num_layers];
@@ -455,7 +471,8 @@ impl Model {
         let mut hid = vec![0.0; m * h];
         let mut r = vec![0.0; m];
         rmsnorm_fwd(&mut hid, &mut r, &sel, &self.weights.final_norm.data, h, cfg.rms_norm_eps);
-        let logits = logits_full(&hid, &self.weights.lm_head().data, m, h, cfg.vocab_size);
-        Ok(logits.chunks(cfg.vocab_size.max(1)).map(<[f32]>::to_vec).collect())
+        let v = self.out_vocab();
+        let logits = logits_full(&hid, &self.weights.lm_head().data[..v * h], m, h, v);
+        Ok(logits.chunks(v).map(<[f32]>::to_vec).collect())
     }
 }

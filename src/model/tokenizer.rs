@@ -45,6 +45,8 @@ pub const TINY_BPE_VOCAB: usize = 506;
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same tokenizer with special-token strings treated as plain text.
+    plain: std::sync::Arc<tokenizers::Tokenizer>,
     origin: String,
     /// Highest id (model vocab or added token) + 1; 0 for an empty vocab.
     vocab_size: usize,
@@ -108,7 +110,9 @@ impl Tokenizer {
             Some(m) => m as usize + 1,
             None => 0,
         };
-        Tokenizer { inner, origin: origin.to_string(), vocab_size }
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
+        Tokenizer { inner, plain: std::sync::Arc::new(plain), origin: origin.to_string(), vocab_size }
     }
 
     /// The embedded tokenizer of the tiny default model.
@@ -139,6 +143,18 @@ impl Tokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self
             .inner
+            .encode(text, false)
+            .map_err(tk_err)
+            .with_context(|| format!("tokenizer {} failed to encode {} bytes of text", self.origin, text.len()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Encode text in which special-token strings are ordinary text: an
+    /// issue or a command output that contains "<|im_end|>" must not end a
+    /// ChatML message. Used for everything the environment says.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .plain
             .encode(text, false)
             .map_err(tk_err)
             .with_context(|| format!("tokenizer {} failed to encode {} bytes of text", self.origin, text.len()))?;
