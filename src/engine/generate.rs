@@ -32,47 +32,82 @@ pub struct Completion {
     pub finish: FinishReason,
 }
 
-/// Generate one completion per prompt.
+/// One sequence to generate: its prompt, its sampling parameters (each
+/// sequence may have its own temperature, token limit and seed) and the
+/// ChaCha8 stream its draws come from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeqRequest {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub stream: u64,
+}
+
+/// Generate one completion per prompt; prompt `i` samples from stream `i`
+/// of `params.seed`.
 pub fn generate(model: &mut Model, prompts: &[Vec<u32>], params: &SamplingParams, stop: &[u32], progress: bool) -> Result<Vec<Completion>> {
-    params.validate()?;
+    let reqs: Vec<SeqRequest> = prompts.iter().enumerate().map(|(i, p)| SeqRequest { prompt: p.clone(), params: params.clone(), stream: i as u64 }).collect();
+    generate_each(model, &reqs, stop, progress)
+}
+
+/// Generate one completion per request, all decoded together. A sequence's
+/// tokens depend only on its own prompt, parameters and stream, never on
+/// what else is in the batch.
+pub fn generate_each(model: &mut Model, reqs: &[SeqRequest], stop: &[u32], progress: bool) -> Result<Vec<Completion>> {
     let max_ctx = model.cfg.max_position_embeddings;
-    for (i, p) in prompts.iter().enumerate() {
-        if p.is_empty() {
+    for (i, r) in reqs.iter().enumerate() {
+        r.params.validate()?;
+        if r.prompt.is_empty() {
             bail!("prompt {i} is empty");
         }
-        if p.len() >= max_ctx {
-            bail!("prompt {i} has {} tokens, but the model's context is {max_ctx}", p.len());
+        if r.prompt.len() >= max_ctx {
+            bail!("prompt {i} has {} tokens, but the model's context is {max_ctx}", r.prompt.len());
+        }
+        if let Some(&bad) = r.prompt.iter().find(|&&t| t as usize >= model.cfg.vocab_size) {
+            bail!("prompt {i} has token id {bad}, outside the model's vocabulary of {}", model.cfg.vocab_size);
         }
     }
-    let n = prompts.len();
+    let n = reqs.len();
+    let mut out: Vec<Completion> = (0..n).map(|_| Completion { tokens: vec![], logprobs: vec![], finish: FinishReason::Length }).collect();
+    // A request for zero tokens is answered at once.
+    let live: Vec<usize> = (0..n).filter(|&i| reqs[i].params.max_new_tokens > 0).collect();
+    if live.is_empty() {
+        return Ok(out);
+    }
     let mut caches: Vec<KvCache> = (0..n).map(|_| KvCache::new(&model.cfg)).collect();
-    let mut rngs: Vec<ChaCha8Rng> = (0..n)
-        .map(|i| {
-            let mut r = ChaCha8Rng::seed_from_u64(params.seed);
-            r.set_stream(i as u64);
-            r
+    let mut rngs: Vec<ChaCha8Rng> = reqs
+        .iter()
+        .map(|r| {
+            let mut g = ChaCha8Rng::seed_from_u64(r.params.seed);
+            g.set_stream(r.stream);
+            g
         })
         .collect();
-    let mut out: Vec<Completion> = (0..n).map(|_| Completion { tokens: vec![], logprobs: vec![], finish: FinishReason::Length }).collect();
-    let bar = if progress { ProgressBar::new(params.max_new_tokens as u64) } else { ProgressBar::hidden() };
+    let longest = live.iter().map(|&i| reqs[i].params.max_new_tokens).max().unwrap_or(0);
+    let bar = if progress { ProgressBar::new(longest as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} tokens ({per_sec})").unwrap_or_else(|_| ProgressStyle::default_bar()));
     bar.set_message("generating");
 
     // Prefill: all prompts in one packed pass.
-    let refs: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
-    let mut logits = model.forward_cached(&refs, &mut caches, false)?;
-    let mut active: Vec<usize> = (0..n).collect();
-    for _ in 0..params.max_new_tokens {
+    let refs: Vec<&[u32]> = live.iter().map(|&i| reqs[i].prompt.as_slice()).collect();
+    let mut sub: Vec<KvCache> = live.iter().map(|&s| std::mem::take(&mut caches[s])).collect();
+    let mut logits = model.forward_cached(&refs, &mut sub, false)?;
+    for (&s, c) in live.iter().zip(sub) {
+        caches[s] = c;
+    }
+    let mut active: Vec<usize> = live;
+    loop {
         let mut next = Vec::with_capacity(active.len());
         let mut still = Vec::with_capacity(active.len());
         for (row, &s) in active.iter().enumerate() {
-            let (tok, lp) = sample(&logits[row], params, &mut rngs[s]);
+            let (tok, lp) = sample(&logits[row], &reqs[s].params, &mut rngs[s]);
             out[s].tokens.push(tok);
             out[s].logprobs.push(lp);
             if stop.contains(&tok) {
                 out[s].finish = FinishReason::Stop;
             } else if caches[s].len + 1 >= max_ctx {
                 out[s].finish = FinishReason::Context;
+            } else if out[s].tokens.len() >= reqs[s].params.max_new_tokens {
+                out[s].finish = FinishReason::Length;
             } else {
                 still.push(s);
                 next.push(tok);
@@ -80,7 +115,7 @@ pub fn generate(model: &mut Model, prompts: &[Vec<u32>], params: &SamplingParams
         }
         bar.inc(1);
         active = still;
-        if active.is_empty() || out[active[0]].tokens.len() >= params.max_new_tokens {
+        if active.is_empty() {
             break;
         }
         // Decode: one token for each active sequence, batched.
