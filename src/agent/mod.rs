@@ -12,6 +12,7 @@
 
 pub mod command;
 pub mod eval;
+pub mod import;
 pub mod policy;
 pub mod reward;
 pub mod trajectory;

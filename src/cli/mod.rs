@@ -10,6 +10,7 @@ mod demo;
 mod env;
 mod generate;
 mod gpus;
+mod import;
 mod score;
 mod selftest;
 mod tokenize;
@@ -51,6 +52,8 @@ pub enum Command {
     Env(env::Args),
     /// Benchmark mode: tokens/s, utilization, memory and MFU per suite.
     Bench(bench::Args),
+    /// Import public SWE-agent trajectories (nebius/SWE-agent-trajectories rows) as a trajectory file.
+    Import(import::Args),
 }
 
 /// An error that ends the program with a specific exit code.
@@ -111,6 +114,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Gpus(a)) => gpus::run(a),
         Some(Command::Env(a)) => env::run(a),
         Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::Import(a)) => import::run(&config, a),
     }
 }
 
