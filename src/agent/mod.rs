@@ -12,6 +12,8 @@
 
 pub mod command;
 pub mod episode;
+pub mod eval;
+pub mod import;
 pub mod policy;
 pub mod reward;
 pub mod rollout;

@@ -10,6 +10,7 @@ mod demo;
 mod env;
 mod generate;
 mod gpus;
+mod import;
 mod rollout;
 mod score;
 mod selftest;
@@ -54,6 +55,8 @@ pub enum Command {
     Bench(bench::Args),
     /// Run a policy's episodes on a task set, appending trajectories to a JSONL file.
     Rollout(rollout::Args),
+    /// Import public SWE-agent trajectories (nebius/SWE-agent-trajectories rows) as a trajectory file.
+    Import(import::Args),
 }
 
 /// An error that ends the program with a specific exit code.
@@ -115,6 +118,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Env(a)) => env::run(a),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::Rollout(a)) => rollout::run(&config, a),
+        Some(Command::Import(a)) => import::run(&config, a),
     }
 }
 
