@@ -8,6 +8,7 @@
 mod bench;
 mod demo;
 mod env;
+mod eval;
 mod generate;
 mod gpus;
 mod import;
@@ -55,6 +56,8 @@ pub enum Command {
     Bench(bench::Args),
     /// Run a policy's episodes on a task set, appending trajectories to a JSONL file.
     Rollout(rollout::Args),
+    /// Pass@1 (mean over k runs ± SEM) and Pass@k of a policy on a task set.
+    Eval(eval::Args),
     /// Import public SWE-agent trajectories (nebius/SWE-agent-trajectories rows) as a trajectory file.
     Import(import::Args),
 }
@@ -118,6 +121,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Env(a)) => env::run(a),
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::Rollout(a)) => rollout::run(&config, a),
+        Some(Command::Eval(a)) => eval::run(&config, a),
         Some(Command::Import(a)) => import::run(&config, a),
     }
 }
