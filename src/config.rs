@@ -22,6 +22,27 @@ pub struct Config {
     pub optim: OptimConfig,
     pub demo: DemoSection,
     pub monitor: MonitorSection,
+    pub serve: ServeSection,
+}
+
+/// `appliance serve`: where it listens and how much it takes at once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeSection {
+    pub host: String,
+    pub port: u16,
+    /// Requests waiting for the engine; more are refused with 503.
+    pub queue: usize,
+    /// Sequences decoded together.
+    pub max_batch: usize,
+    /// Larger request bodies are refused with 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServeSection {
+    fn default() -> Self {
+        ServeSection { host: "127.0.0.1".into(), port: 8000, queue: 64, max_batch: 16, max_body_bytes: 8 << 20 }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -128,6 +149,7 @@ fn check_schema(text: &str, origin: &str) -> Result<()> {
         optim: Option<OptimConfig>,
         demo: Option<DemoSection>,
         monitor: Option<MonitorSection>,
+        serve: Option<ServeSection>,
     }
     deserialize_located::<Partial>(text, origin).map(|_| ())
 }

@@ -11,6 +11,7 @@
 //! Does not own sandboxes or grading (see `env`) or generation (`engine`).
 
 pub mod command;
+pub mod endpoint;
 pub mod policy;
 pub mod reward;
 pub mod trajectory;

@@ -12,6 +12,7 @@ mod generate;
 mod gpus;
 mod score;
 mod selftest;
+mod serve;
 mod tokenize;
 
 use crate::config::Config;
@@ -51,6 +52,8 @@ pub enum Command {
     Env(env::Args),
     /// Benchmark mode: tokens/s, utilization, memory and MFU per suite.
     Bench(bench::Args),
+    /// An OpenAI-compatible HTTP server over the local engine (prints its address first).
+    Serve(serve::Args),
 }
 
 /// An error that ends the program with a specific exit code.
@@ -111,6 +114,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Gpus(a)) => gpus::run(a),
         Some(Command::Env(a)) => env::run(a),
         Some(Command::Bench(a)) => bench::run(a),
+        Some(Command::Serve(a)) => serve::run(&config, a),
     }
 }
 
