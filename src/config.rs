@@ -25,6 +25,7 @@ pub struct Config {
     pub monitor: MonitorSection,
     pub agent: ScaffoldConfig,
     pub rollout: RolloutSection,
+    pub serve: ServeSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,6 +46,26 @@ pub struct RolloutSection {
 impl Default for RolloutSection {
     fn default() -> Self {
         RolloutSection { concurrency: 4, max_starts: 2, env_retries: 2, test_timeout_s: 300, seed: 0 }
+    }
+}
+
+/// `appliance serve`: where it listens and how much it takes at once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeSection {
+    pub host: String,
+    pub port: u16,
+    /// Requests waiting for the engine; more are refused with 503.
+    pub queue: usize,
+    /// Sequences decoded together.
+    pub max_batch: usize,
+    /// Larger request bodies are refused with 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServeSection {
+    fn default() -> Self {
+        ServeSection { host: "127.0.0.1".into(), port: 8000, queue: 64, max_batch: 16, max_body_bytes: 8 << 20 }
     }
 }
 
@@ -156,6 +177,7 @@ fn check_schema(text: &str, origin: &str) -> Result<()> {
         monitor: Option<MonitorSection>,
         agent: Option<ScaffoldConfig>,
         rollout: Option<RolloutSection>,
+        serve: Option<ServeSection>,
     }
     deserialize_located::<Partial>(text, origin).map(|_| ())
 }

@@ -18,5 +18,6 @@ pub mod kernels;
 pub mod model;
 pub mod monitor;
 pub mod parallel;
+pub mod serve;
 pub mod tensor;
 pub mod train;

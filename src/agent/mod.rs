@@ -14,6 +14,7 @@ pub mod command;
 pub mod episode;
 pub mod eval;
 pub mod import;
+pub mod endpoint;
 pub mod policy;
 pub mod reward;
 pub mod rollout;

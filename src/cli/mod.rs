@@ -15,6 +15,7 @@ mod import;
 mod rollout;
 mod score;
 mod selftest;
+mod serve;
 mod tokenize;
 
 use crate::config::Config;
@@ -60,6 +61,8 @@ pub enum Command {
     Eval(eval::Args),
     /// Import public SWE-agent trajectories (nebius/SWE-agent-trajectories rows) as a trajectory file.
     Import(import::Args),
+    /// An OpenAI-compatible HTTP server over the local engine (prints its address first).
+    Serve(serve::Args),
 }
 
 /// An error that ends the program with a specific exit code.
@@ -123,6 +126,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Rollout(a)) => rollout::run(&config, a),
         Some(Command::Eval(a)) => eval::run(&config, a),
         Some(Command::Import(a)) => import::run(&config, a),
+        Some(Command::Serve(a)) => serve::run(&config, a),
     }
 }
 

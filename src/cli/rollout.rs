@@ -108,8 +108,35 @@ pub fn build_policy(config: &Config, a: &RunArgs, tokenizer: &Tokenizer, model: 
     })
 }
 
-fn endpoint_policy(_config: &Config, _url: String, _model: Option<String>, _chat: bool, _key: Option<String>, _tok: &Tokenizer) -> Result<Arc<dyn Policy>> {
-    bail!("the endpoint policy is being merged")
+fn endpoint_policy(config: &Config, url: String, model: Option<String>, chat: bool, key: Option<String>, tok: &Tokenizer) -> Result<Arc<dyn Policy>> {
+    let url = url.trim_end_matches('/').to_string();
+    let model = match model {
+        Some(m) => m,
+        None => first_served_model(&url, key.as_deref()).with_context(|| format!("asking {url}/models which model it serves (or give --endpoint-model)"))?,
+    };
+    let mode = if chat { crate::agent::endpoint::EndpointMode::Chat } else { crate::agent::endpoint::EndpointMode::Completions };
+    let mut cfg = crate::agent::endpoint::EndpointConfig::new(url, model, mode);
+    cfg.api_key = key;
+    cfg.params = config.generate.clone();
+    Ok(Arc::new(crate::agent::endpoint::EndpointPolicy::new(cfg, tok.clone())?))
+}
+
+/// The id of the first model an OpenAI-compatible server lists.
+fn first_served_model(url: &str, key: Option<&str>) -> Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut req = reqwest::Client::new().get(format!("{url}/models")).timeout(Duration::from_secs(30));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.with_context(|| format!("the answer ({status}) is not JSON"))?;
+        if !status.is_success() {
+            bail!("{status}: {body}");
+        }
+        body["data"][0]["id"].as_str().map(str::to_string).ok_or_else(|| anyhow::anyhow!("no model listed in {body}"))
+    })
 }
 
 /// Run `a`'s episodes, appending to `out` (skipping pairs it already holds);
