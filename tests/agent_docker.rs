@@ -342,3 +342,59 @@ async fn the_tiny_model_runs_whole_episodes() {
     assert_eq!(a[0].ledger.ids, trajs[0].ledger.ids, "sample 0 of the concurrent run is the same episode");
     assert_no_containers(&s).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_episode_against_serve_equals_the_in_process_one() {
+    use appliance::agent::endpoint::{EndpointConfig, EndpointMode, EndpointPolicy};
+    use appliance::serve::server::{bind, ServeOptions};
+    let s = setup("endpoint", 2).await;
+    let cfg = ScaffoldConfig { max_turns: 3, max_reply_tokens: 40, max_context_tokens: 8192, ..Default::default() };
+    let sc = scaffold(cfg, &s.run);
+    let (local, model, tok) = tiny_policy(4);
+    let served = EngineService::start(model, "tiny", 64, 4).unwrap();
+    let server = bind(served, tok.clone(), ServeOptions::default()).await.unwrap();
+    let mut ecfg = EndpointConfig::new(server.base_url(), "tiny", EndpointMode::Completions);
+    ecfg.params = local.params.clone();
+    let remote = EndpointPolicy::new(ecfg, tok.clone()).unwrap();
+    let (task, image) = (&s.tasks[1], &s.images[1]);
+    for seed in [3u64, 4] {
+        let a = bounded(600, run_episode(&s.pool, &sc, local.as_ref(), EpisodeSpec { task, image, sample: 0, seed })).await;
+        let b = bounded(600, run_episode(&s.pool, &sc, &remote, EpisodeSpec { task, image, sample: 0, seed })).await;
+        assert_eq!(a.exit, b.exit, "{} / {}", a.exit_detail, b.exit_detail);
+        assert!(b.policy.starts_with("endpoint:") || b.policy.contains("http"), "{}", b.policy);
+        // the same tokens, and log-probs equal to the bit
+        assert_eq!(a.ledger.ids, b.ledger.ids);
+        assert_eq!(a.ledger.source, b.ledger.source);
+        let bits = |t: &Trajectory| t.ledger.logprob.iter().map(|x| x.map(f32::to_bits)).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b));
+        assert_eq!(a.reward, b.reward);
+        check_ledger(&b, &tok);
+    }
+
+    // The server goes away mid-episode: a policy error, not a hang; no container remains.
+    struct StopAfter {
+        inner: EndpointPolicy,
+        server: Mutex<Option<appliance::serve::server::RunningServer>>,
+    }
+    #[async_trait]
+    impl Policy for StopAfter {
+        fn name(&self) -> String {
+            self.inner.name()
+        }
+        async fn act(&self, input: TurnInput<'_>) -> anyhow::Result<Reply> {
+            if input.turn == 1 {
+                let s = self.server.lock().unwrap().take();
+                if let Some(s) = s {
+                    s.shutdown().await?;
+                }
+            }
+            self.inner.act(input).await
+        }
+    }
+    let p = StopAfter { inner: remote, server: Mutex::new(Some(server)) };
+    let t = bounded(600, run_episode(&s.pool, &sc, &p, EpisodeSpec { task, image, sample: 0, seed: 3 })).await;
+    assert_eq!(t.exit, Exit::PolicyError, "{}", t.exit_detail);
+    assert_eq!(t.turns.len(), 1);
+    assert_eq!(t.reward, None);
+    assert_no_containers(&s).await;
+}
