@@ -242,3 +242,26 @@ fn bench_model_json_has_tokens_per_s_and_compare_gives_ratios() {
     let o = run(&["bench", "model", "--compare", bad.to_str().unwrap()]);
     assert_clean_error(&o, &["bad.json", "bench report"]);
 }
+
+#[test]
+fn rollout_and_eval_refuse_bad_input_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.jsonl");
+    let o = run(&["rollout", "--policy", "endpoint", "--out", out.to_str().unwrap()]);
+    assert_clean_error(&o, &["--policy endpoint needs --endpoint URL"]);
+    let o = run(&["rollout", "--samples", "0", "--policy", "gold", "--out", out.to_str().unwrap()]);
+    assert_clean_error(&o, &["--samples must be at least 1"]);
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[agent]\nmax_turns = 0\n").unwrap();
+    let o = run(&["--config", cfg.to_str().unwrap(), "rollout", "--policy", "gold", "--out", out.to_str().unwrap()]);
+    assert_clean_error(&o, &["c.toml", "[agent] max_turns"]);
+    std::fs::write(&cfg, "[agent]\nmax_turn = 3\n").unwrap();
+    let o = run(&["--config", cfg.to_str().unwrap(), "eval", "--from", out.to_str().unwrap()]);
+    assert_clean_error(&o, &["c.toml", "line 2", "max_turn"]);
+    // a trajectory file with a bad line names the line and the field
+    std::fs::write(&out, "{\"format_version\": \"one\"}\n").unwrap();
+    let o = run(&["eval", "--from", out.to_str().unwrap()]);
+    assert_clean_error(&o, &["t.jsonl: line 1", "format_version"]);
+    // nothing was written by the refused rollouts
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"format_version\": \"one\"}\n");
+}

@@ -9,6 +9,7 @@
 
 pub mod kernels;
 pub mod model;
+pub mod rollout;
 
 use crate::monitor::metrics::{aggregate, Stat};
 use crate::monitor::sampler::{Sampler, Source};

@@ -1,4 +1,4 @@
-//! `appliance bench [model|kernels|env|all]`: the benchmark mode. Prints a
+//! `appliance bench [model|kernels|env|rollout|all]`: the benchmark mode. Prints a
 //! table (or `--json`) with tokens/s, utilization and memory sampled during
 //! each measurement, and MFU where a GPU's peak is known; `--compare FILE`
 //! adds the ratio against an earlier JSON report.
@@ -13,6 +13,8 @@ pub enum Suite {
     Model,
     Kernels,
     Env,
+    /// Episodes of the tiny model on the built-in suite (Docker): episodes/min, turns/s, time split.
+    Rollout,
     All,
 }
 
@@ -32,7 +34,7 @@ pub struct Args {
     /// Timed repeats after the warm-up.
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
-    /// env suite: numbers of concurrent episodes, one measurement each.
+    /// env and rollout suites: numbers of concurrent episodes, one measurement each.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4])]
     pub episodes: Vec<usize>,
 }
@@ -105,6 +107,13 @@ pub fn run(a: Args) -> Result<()> {
         match env_rows(&a.episodes) {
             Ok(r) => rows.extend(r),
             Err(e) if a.suite != Suite::Env => eprintln!("skipping the env suite: {e:#}"),
+            Err(e) => return Err(e),
+        }
+    }
+    if want(Suite::Rollout) {
+        match bench::rollout::run(&a.episodes) {
+            Ok((r, _)) => rows.extend(r),
+            Err(e) if a.suite != Suite::Rollout => eprintln!("skipping the rollout suite: {e:#}"),
             Err(e) => return Err(e),
         }
     }
