@@ -230,22 +230,7 @@ async fn turns(run: &mut Run, ep: &mut crate::env::episode::Episode, sc: &Scaffo
             run.ledger.version[i] = reply.policy_version;
         }
         run.messages.push(Message::assistant(reply.text.clone()));
-        let mut rec = Turn {
-            reply: Span { start, end },
-            observation: None,
-            end: reply_end(reply.finish),
-            policy_version: reply.policy_version,
-            format_error: None,
-            command: None,
-            tool: None,
-            exit_code: None,
-            timed_out: false,
-            output_truncated: false,
-            output_bytes: 0,
-            retokenized,
-            generation_s,
-            env_s: 0.0,
-        };
+        let mut rec = Turn { policy_version: reply.policy_version, retokenized, generation_s, ..Turn::new(Span { start, end }, reply_end(reply.finish)) };
 
         // --- the command
         let te = Instant::now();

@@ -342,22 +342,7 @@ mod tests {
     use crate::agent::trajectory::{Ledger, ReplyEnd, Span, Timing, Turn, FORMAT_VERSION};
 
     fn turn(format_error: bool) -> Turn {
-        Turn {
-            reply: Span { start: 0, end: 0 },
-            observation: None,
-            end: ReplyEnd::Stop,
-            policy_version: None,
-            format_error: format_error.then_some(FormatError::NotExtractable),
-            command: None,
-            tool: None,
-            exit_code: None,
-            timed_out: false,
-            output_truncated: false,
-            output_bytes: 0,
-            retokenized: false,
-            generation_s: 0.0,
-            env_s: 0.0,
-        }
+        Turn { format_error: format_error.then_some(FormatError::NotExtractable), ..Turn::new(Span { start: 0, end: 0 }, ReplyEnd::Stop) }
     }
 
     /// An episode of `steps` turns, the first `format_errors` of them format errors.

@@ -221,20 +221,11 @@ pub fn convert(row: &SweAgentRow, sample: u32, tmpl: &ChatTemplate, opts: &Impor
         let observation = messages.get(m + 1).map(|_| span_of(m + 1));
         let extracted = command::extract(&msg.content, &opts.format);
         turns.push(Turn {
-            reply: Span { start: first, end: last + 1 },
             observation,
-            end: ReplyEnd::Stop,
-            policy_version: None,
             format_error: extracted.as_ref().err().cloned(),
             command: extracted.ok(),
-            tool: None,
-            exit_code: None,
-            timed_out: false,
-            output_truncated: false,
-            output_bytes: 0,
             retokenized: true,
-            generation_s: 0.0,
-            env_s: 0.0,
+            ..Turn::new(Span { start: first, end: last + 1 }, ReplyEnd::Stop)
         });
     }
     let last_command = turns.last().and_then(|t| t.command.as_deref());

@@ -170,6 +170,29 @@ pub struct Turn {
     pub env_s: f64,
 }
 
+impl Turn {
+    /// A turn whose reply spans `reply` and ended as `end`; nothing else
+    /// known yet (no command, no observation, no timings).
+    pub fn new(reply: Span, end: ReplyEnd) -> Self {
+        Turn {
+            reply,
+            observation: None,
+            end,
+            policy_version: None,
+            format_error: None,
+            command: None,
+            tool: None,
+            exit_code: None,
+            timed_out: false,
+            output_truncated: false,
+            output_bytes: 0,
+            retokenized: false,
+            generation_s: 0.0,
+            env_s: 0.0,
+        }
+    }
+}
+
 /// How an episode ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
