@@ -7,6 +7,7 @@
 
 use crate::agent::scaffold::ScaffoldConfig;
 use crate::engine::SamplingParams;
+use crate::train::rft::RftConfig;
 use crate::train::optimizer::OptimConfig;
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,7 @@ pub struct Config {
     pub agent: ScaffoldConfig,
     pub rollout: RolloutSection,
     pub serve: ServeSection,
+    pub rft: RftConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -138,6 +140,7 @@ impl Config {
         let merged = toml::to_string(&base).expect("a TOML value serializes");
         let c = parse_toml(&merged, origin)?;
         c.agent.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
+        c.rft.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
         Ok(c)
     }
 
@@ -178,6 +181,7 @@ fn check_schema(text: &str, origin: &str) -> Result<()> {
         agent: Option<ScaffoldConfig>,
         rollout: Option<RolloutSection>,
         serve: Option<ServeSection>,
+        rft: Option<RftConfig>,
     }
     deserialize_located::<Partial>(text, origin).map(|_| ())
 }

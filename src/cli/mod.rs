@@ -12,6 +12,7 @@ mod eval;
 mod generate;
 mod gpus;
 mod import;
+mod rft;
 mod rollout;
 mod score;
 mod selftest;
@@ -59,6 +60,8 @@ pub enum Command {
     Rollout(rollout::Args),
     /// Pass@1 (mean over k runs ± SEM) and Pass@k of a policy on a task set.
     Eval(eval::Args),
+    /// Rejection fine-tuning on the solved trajectories of JSONL files; writes a model directory.
+    Rft(rft::Args),
     /// Import public SWE-agent trajectories (nebius/SWE-agent-trajectories rows) as a trajectory file.
     Import(import::Args),
     /// An OpenAI-compatible HTTP server over the local engine (prints its address first).
@@ -125,6 +128,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Bench(a)) => bench::run(a),
         Some(Command::Rollout(a)) => rollout::run(&config, a),
         Some(Command::Eval(a)) => eval::run(&config, a),
+        Some(Command::Rft(a)) => rft::run(&config, a),
         Some(Command::Import(a)) => import::run(&config, a),
         Some(Command::Serve(a)) => serve::run(&config, a),
     }

@@ -1,8 +1,10 @@
-//! Training: the optimizer and schedule, and the supervised loop the demo
-//! and (later) rejection fine-tuning use.
+//! Training: the optimizer and schedule, the supervised step, and rejection
+//! fine-tuning on successful trajectories.
 //!
-//! Owns: turning gradients into weight updates. Does not own the gradients'
-//! math (see `model::qwen2`) or what data is trained on (the callers).
+//! Owns: turning gradients into weight updates, and which tokens of which
+//! trajectories are trained on. Does not own the gradients' math (see
+//! `model::qwen2`) or where trajectories come from (`agent`).
 
 pub mod optimizer;
+pub mod rft;
 pub mod supervised;
