@@ -15,6 +15,7 @@ pub mod episode;
 pub mod grade;
 pub mod image;
 pub mod logparse;
+pub mod micro;
 pub mod pool;
 pub mod sandbox;
 pub mod shell;

@@ -62,7 +62,7 @@ pub fn cache_dir() -> PathBuf {
     std::env::temp_dir().join("appliance-cache")
 }
 
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> Result<String> {
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(dir)
