@@ -8,6 +8,7 @@
 use crate::agent::scaffold::ScaffoldConfig;
 use crate::engine::SamplingParams;
 use crate::train::rft::RftConfig;
+use crate::train::algorithms::DapoConfig;
 use crate::train::optimizer::OptimConfig;
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,7 @@ pub struct Config {
     pub rollout: RolloutSection,
     pub serve: ServeSection,
     pub rft: RftConfig,
+    pub dapo: DapoSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,6 +70,46 @@ pub struct ServeSection {
 impl Default for ServeSection {
     fn default() -> Self {
         ServeSection { host: "127.0.0.1".into(), port: 8000, queue: 64, max_batch: 16, max_body_bytes: 8 << 20 }
+    }
+}
+
+/// RL with DAPO (METHOD.md, phase 2; the defaults are stage 1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DapoSection {
+    /// ρ below 1 − eps_low is clipped.
+    pub eps_low: f64,
+    /// ρ above 1 + eps_high is clipped; at least `eps_low`.
+    pub eps_high: f64,
+    /// δ in Â = (R − group mean) / (group std + δ).
+    pub delta: f64,
+    /// G: rollouts per problem.
+    pub group_size: usize,
+    /// Problems sampled per iteration.
+    pub problems_per_iteration: usize,
+    /// Trajectories per optimizer step (the method's "batch").
+    pub mini_batch: usize,
+}
+
+impl Default for DapoSection {
+    fn default() -> Self {
+        let c = DapoConfig::default();
+        DapoSection { eps_low: c.eps_low, eps_high: c.eps_high, delta: c.delta, group_size: 10, problems_per_iteration: 300, mini_batch: 128 }
+    }
+}
+
+impl DapoSection {
+    /// The loss's hyperparameters.
+    pub fn algorithm(&self) -> DapoConfig {
+        DapoConfig { eps_low: self.eps_low, eps_high: self.eps_high, delta: self.delta }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.algorithm().validate()?;
+        anyhow::ensure!(self.group_size >= 2, "dapo.group_size must be at least 2 (a group of one has no advantage), got {}", self.group_size);
+        anyhow::ensure!(self.problems_per_iteration >= 1, "dapo.problems_per_iteration must be at least 1");
+        anyhow::ensure!(self.mini_batch >= 1, "dapo.mini_batch must be at least 1");
+        Ok(())
     }
 }
 
@@ -141,6 +183,7 @@ impl Config {
         let c = parse_toml(&merged, origin)?;
         c.agent.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
         c.rft.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
+        c.dapo.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
         Ok(c)
     }
 
@@ -182,6 +225,7 @@ fn check_schema(text: &str, origin: &str) -> Result<()> {
         rollout: Option<RolloutSection>,
         serve: Option<ServeSection>,
         rft: Option<RftConfig>,
+        dapo: Option<DapoSection>,
     }
     deserialize_located::<Partial>(text, origin).map(|_| ())
 }
