@@ -293,4 +293,24 @@ mod tests {
         let err = Config::from_str_over_default("[model\n", "u.toml").unwrap_err().to_string();
         assert!(err.contains("u.toml") && err.contains("line 1"), "{err}");
     }
+
+    #[test]
+    fn the_method_configs_load_with_their_hyperparameters() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/");
+        let load = |f: &str| Config::from_file(Path::new(&format!("{dir}{f}"))).unwrap_or_else(|e| panic!("{f}: {e:#}"));
+        let rft = load("qwen2.5-7b-rft.toml");
+        assert_eq!((rft.rft.lr, rft.rft.warmup_steps, rft.rft.batch, rft.rft.epochs), (5e-6, 10, 64, 1));
+        assert_eq!(rft.optim.weight_decay, 0.1);
+        let s1 = load("qwen2.5-72b-stage1.toml");
+        assert_eq!((s1.agent.max_context_tokens, s1.agent.max_turns, s1.dapo.problems_per_iteration, s1.dapo.mini_batch), (65_536, 40, 300, 128));
+        assert_eq!((s1.dapo.eps_low, s1.dapo.eps_high, s1.dapo.group_size, s1.agent.length_threshold), (0.2, 0.3, 10, 10));
+        let s2 = load("qwen2.5-72b-stage2.toml");
+        assert_eq!((s2.agent.max_context_tokens, s2.agent.max_turns, s2.dapo.problems_per_iteration, s2.dapo.mini_batch), (131_072, 80, 100, 256));
+        assert_eq!((s2.dapo.eps_low, s2.dapo.eps_high), (0.2, 0.26));
+        let d = load("qwen2.5-7b-dapo.toml");
+        assert_eq!((d.optim.lr, d.optim.beta2, d.optim.eps, d.optim.grad_clip), (1e-6, 0.999, 1e-8, 1.0));
+        for c in [&s1, &s2, &d] {
+            assert!(c.generate.is_untruncated() && c.generate.temperature == 1.0);
+        }
+    }
 }
