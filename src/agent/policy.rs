@@ -94,10 +94,11 @@ impl Policy for LocalPolicy {
         let mut params = self.params.clone();
         params.max_new_tokens = input.max_new_tokens;
         params.seed = input.seed;
-        let g = self.engine.generate(GenRequest { prompt: input.ledger.ids.clone(), params, stop: self.tokenizer.stop_ids() }).await?;
+        let stop = self.tokenizer.stop_ids();
+        let g = self.engine.generate(GenRequest { prompt: input.ledger.ids.clone(), params, stop: stop.clone() }).await?;
         let c = g.completion;
         let body: &[u32] = match c.tokens.last() {
-            Some(t) if c.finish == FinishReason::Stop && self.tokenizer.stop_ids().contains(t) => &c.tokens[..c.tokens.len() - 1],
+            Some(t) if c.finish == FinishReason::Stop && stop.contains(t) => &c.tokens[..c.tokens.len() - 1],
             _ => &c.tokens,
         };
         let text = self.tokenizer.decode(body)?;

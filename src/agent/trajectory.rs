@@ -94,9 +94,11 @@ impl Ledger {
     /// Bring the per-token columns up to the length of `ids` after the ids
     /// and sources grew through a [`Rendered`] (new tokens: no log-prob).
     pub fn sync_from(&mut self, r: &Rendered) {
+        let n = self.ids.len();
         debug_assert!(r.ids.starts_with(&self.ids));
-        self.ids = r.ids.clone();
-        self.source = r.source.clone();
+        // only the new tail is copied: the ledger grows turn by turn
+        self.ids.extend_from_slice(&r.ids[n..]);
+        self.source.extend_from_slice(&r.source[n..]);
         self.logprob.resize(self.ids.len(), None);
         self.version.resize(self.ids.len(), None);
     }

@@ -75,12 +75,7 @@ impl Example {
     /// The trainable tokens of a trajectory under `mask` (per ledger token):
     /// token i is trained through the prediction at position i − 1.
     pub fn from_mask(ids: &[u32], mask: &[bool]) -> Self {
-        let mut weight = vec![0.0; ids.len()];
-        for i in 1..ids.len() {
-            if mask[i] {
-                weight[i - 1] = 1.0;
-            }
-        }
+        let weight = super::algorithms::predicted_at(mask).into_iter().map(|m| if m { 1.0 } else { 0.0 }).collect();
         Example { ids: ids.to_vec(), weight }
     }
 
