@@ -128,6 +128,14 @@ async fn killed_container_is_an_environment_error() {
     let r = bounded(120, ep.run("sleep 30", Duration::from_secs(60))).await;
     let e = r.expect_err("a killed container must end the episode with an error");
     assert!(env::is_env_error(&e), "not classified as an environment error: {e:#}");
+    // The session can end a moment before the daemon has stopped the
+    // container; once it has, every later command must fail too.
+    bounded(60, async {
+        while d.inspect_container(&ep.container, None::<bollard::query_parameters::InspectContainerOptions>).await.ok().and_then(|c| c.state).and_then(|s| s.running).unwrap_or(false) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
     let r = bounded(60, ep.run("true", Duration::from_secs(10))).await;
     assert!(r.is_err());
     ep.close().await;
