@@ -166,7 +166,18 @@ pub fn spawn_signal_reaper(docker: Docker, run_id: String) {
         while IN_FLIGHT.load(Ordering::SeqCst) > 0 && t0.elapsed() < Duration::from_secs(30) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(60), reap_run(&docker, &run_id)).await;
+        // a create the counter did not see can land just after a listing:
+        // reap until a listing a moment later comes back empty
+        let _ = tokio::time::timeout(Duration::from_secs(60), async {
+            for _ in 0..5 {
+                let _ = reap_run(&docker, &run_id).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if run_containers(&docker, &run_id).await.map(|v| v.is_empty()).unwrap_or(false) {
+                    break;
+                }
+            }
+        })
+        .await;
         std::process::exit(code);
     });
 }
