@@ -30,6 +30,8 @@ pub struct Config {
     pub serve: ServeSection,
     pub rft: RftConfig,
     pub dapo: DapoSection,
+    pub train: TrainSection,
+    pub warm_start: WarmStartSection,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -89,12 +91,27 @@ pub struct DapoSection {
     pub problems_per_iteration: usize,
     /// Trajectories per optimizer step (the method's "batch").
     pub mini_batch: usize,
+    /// Trajectories of a mini-batch are packed into micro-batches of at most
+    /// this many tokens; gradients accumulate over them (a longer trajectory
+    /// goes alone).
+    pub micro_batch_tokens: usize,
+    /// Iterations of `appliance train`'s DAPO phase.
+    pub iterations: u64,
 }
 
 impl Default for DapoSection {
     fn default() -> Self {
         let c = DapoConfig::default();
-        DapoSection { eps_low: c.eps_low, eps_high: c.eps_high, delta: c.delta, group_size: 10, problems_per_iteration: 300, mini_batch: 128 }
+        DapoSection {
+            eps_low: c.eps_low,
+            eps_high: c.eps_high,
+            delta: c.delta,
+            group_size: 10,
+            problems_per_iteration: 300,
+            mini_batch: 128,
+            micro_batch_tokens: 16_384,
+            iterations: 100,
+        }
     }
 }
 
@@ -109,6 +126,15 @@ impl DapoSection {
         anyhow::ensure!(self.group_size >= 2, "dapo.group_size must be at least 2 (a group of one has no advantage), got {}", self.group_size);
         anyhow::ensure!(self.problems_per_iteration >= 1, "dapo.problems_per_iteration must be at least 1");
         anyhow::ensure!(self.mini_batch >= 1, "dapo.mini_batch must be at least 1");
+        anyhow::ensure!(self.micro_batch_tokens >= 1, "dapo.micro_batch_tokens must be at least 1");
+        let per_iteration = self.problems_per_iteration * self.group_size;
+        anyhow::ensure!(
+            self.mini_batch <= per_iteration,
+            "dapo.mini_batch ({}) is larger than the trajectories of one iteration (problems_per_iteration {} x group_size {} = {per_iteration})",
+            self.mini_batch,
+            self.problems_per_iteration,
+            self.group_size
+        );
         Ok(())
     }
 }
@@ -132,6 +158,8 @@ impl Default for MonitorSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
     pub dir: Option<PathBuf>,
+    /// Where the model runs: "cpu", or "cuda" (NVIDIA GPUs).
+    pub backend: Backend,
     pub init_seed: u64,
     pub vocab_chunk: usize,
     pub recompute: bool,
@@ -139,7 +167,142 @@ pub struct ModelSection {
 
 impl Default for ModelSection {
     fn default() -> Self {
-        ModelSection { dir: None, init_seed: 0, vocab_chunk: 8192, recompute: false }
+        ModelSection { dir: None, backend: Backend::Cpu, init_seed: 0, vocab_chunk: 8192, recompute: false }
+    }
+}
+
+/// `[model] backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Cpu,
+    Cuda,
+}
+
+/// `appliance train`: where the tasks come from, which phases run, and how
+/// progress is measured. The phases' own settings are `[warm_start]`,
+/// `[rft]` and `[dapo]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    /// "micro" (generated micro-repositories, see `env::micro`) or the path
+    /// of a task file (SWE-bench JSONL or JSON).
+    pub tasks: String,
+    /// With tasks = "micro": how many to generate (training + held-out).
+    pub micro_tasks: usize,
+    /// With tasks = "micro": the generator's seed.
+    pub micro_seed: u64,
+    /// The last `held_out` tasks are never trained on; the pass rate on them
+    /// is measured before the first phase and after each phase.
+    pub held_out: usize,
+    /// Attempts per held-out task at each measurement.
+    pub eval_samples: u32,
+    /// The phases, in order: any of "warm_start", "rft", "dapo".
+    pub phases: Vec<Phase>,
+    /// Before DAPO, drop the training tasks solved in at least 2/3 of their
+    /// attempts so far, and those never solved (METHOD.md's filter between
+    /// stages; the attempts so far are the RFT samples).
+    pub curriculum: bool,
+    /// Seed of problem sampling and of every episode's sampling seed.
+    pub seed: u64,
+}
+
+/// A phase of `appliance train`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Supervised fine-tuning on scripted demonstrations of training tasks
+    /// (micro tasks only): stands in for starting from an instruct model.
+    WarmStart,
+    /// Rejection fine-tuning on the policy's own successful samples.
+    Rft,
+    /// Synchronous DAPO iterations.
+    Dapo,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::WarmStart => "warm_start",
+            Phase::Rft => "rft",
+            Phase::Dapo => "dapo",
+        }
+    }
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            tasks: "micro".into(),
+            micro_tasks: 150,
+            micro_seed: 0,
+            held_out: 30,
+            eval_samples: 2,
+            phases: vec![Phase::WarmStart, Phase::Rft, Phase::Dapo],
+            curriculum: true,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainSection {
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(!self.phases.is_empty(), "train.phases is empty: name at least one of warm_start, rft, dapo");
+        let order = |p: Phase| self.phases.iter().position(|&q| q == p);
+        for (i, p) in self.phases.iter().enumerate() {
+            anyhow::ensure!(order(*p) == Some(i), "train.phases names {} twice", p.name());
+        }
+        anyhow::ensure!(self.phases.windows(2).all(|w| (w[0] as u8) < (w[1] as u8)), "train.phases must keep the order warm_start, rft, dapo");
+        anyhow::ensure!(self.eval_samples >= 1, "train.eval_samples must be at least 1");
+        anyhow::ensure!(self.held_out >= 1, "train.held_out must be at least 1: progress is measured on held-out tasks");
+        if self.tasks == "micro" {
+            anyhow::ensure!(
+                self.held_out < self.micro_tasks,
+                "train.held_out ({}) must be smaller than train.micro_tasks ({}): no task would be left to train on",
+                self.held_out,
+                self.micro_tasks
+            );
+        } else {
+            anyhow::ensure!(!self.phases.contains(&Phase::WarmStart), "train.phases: warm_start needs scripted demonstrations, which only tasks = \"micro\" has");
+        }
+        Ok(())
+    }
+}
+
+/// `[warm_start]`: supervised fine-tuning on scripted demonstrations, the
+/// embedded default's stand-in for an instruct model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarmStartSection {
+    /// Training tasks demonstrated (one episode each, run in the real
+    /// environment and verified).
+    pub demonstrations: usize,
+    pub epochs: u32,
+    pub lr: f32,
+    pub warmup_steps: u64,
+    /// Demonstrations per optimizer step.
+    pub batch: usize,
+}
+
+impl Default for WarmStartSection {
+    fn default() -> Self {
+        WarmStartSection { demonstrations: 40, epochs: 4, lr: 3e-3, warmup_steps: 4, batch: 8 }
+    }
+}
+
+impl WarmStartSection {
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(self.demonstrations >= 1, "warm_start.demonstrations must be at least 1");
+        anyhow::ensure!(self.epochs >= 1, "warm_start.epochs must be at least 1");
+        anyhow::ensure!(self.lr > 0.0 && self.lr.is_finite(), "warm_start.lr must be a positive number, got {}", self.lr);
+        anyhow::ensure!(self.batch >= 1, "warm_start.batch must be at least 1");
+        anyhow::ensure!(
+            self.batch <= self.demonstrations,
+            "warm_start.batch ({}) is larger than the data (warm_start.demonstrations = {})",
+            self.batch,
+            self.demonstrations
+        );
+        Ok(())
     }
 }
 
@@ -184,6 +347,8 @@ impl Config {
         c.agent.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
         c.rft.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
         c.dapo.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
+        c.train.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
+        c.warm_start.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
         Ok(c)
     }
 
@@ -226,6 +391,8 @@ fn check_schema(text: &str, origin: &str) -> Result<()> {
         serve: Option<ServeSection>,
         rft: Option<RftConfig>,
         dapo: Option<DapoSection>,
+        train: Option<TrainSection>,
+        warm_start: Option<WarmStartSection>,
     }
     deserialize_located::<Partial>(text, origin).map(|_| ())
 }

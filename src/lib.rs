@@ -2,7 +2,7 @@
 //! software-engineering agent through reinforcement learning.
 //!
 //! Layers (a layer imports only layers below it):
-//! `cli` → `train` → `engine` → `model` → `backend` → `tensor`.
+//! `cli` → `pipeline` → `agent`/`train` → `env`/`engine` → `model` → `backend` → `tensor`.
 //! `config` is plain data usable from every layer. See docs/ARCHITECTURE.md.
 
 pub mod agent;
@@ -18,6 +18,7 @@ pub mod kernels;
 pub mod model;
 pub mod monitor;
 pub mod parallel;
+pub mod pipeline;
 pub mod serve;
 pub mod tensor;
 pub mod train;

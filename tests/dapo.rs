@@ -272,7 +272,7 @@ fn one_step_moves_the_sampled_tokens_logprobs_with_the_advantage_sign() {
         let before = mean_lp(&mut model);
         let mut opt = AdamW::new(OptimConfig { lr: 1e-3, ..Default::default() }, &model.cfg);
         let mut g = Weights::zeros(&model.cfg);
-        let st = dapo_step(&mut model, &mut opt, &mut g, &samples, &CFG, 1e-3).unwrap();
+        let st = dapo_step(&mut model, &mut opt, &mut g, &samples, &CFG, 1e-3, 1 << 20).unwrap();
         assert_eq!((st.tokens, st.sequences), (48, 3));
         assert!(st.grad_norm > 0.0 && st.grad_norm.is_finite(), "{st:?}");
         assert_eq!((st.clip_low_frac, st.clip_high_frac), (0.0, 0.0));
@@ -286,6 +286,35 @@ fn one_step_moves_the_sampled_tokens_logprobs_with_the_advantage_sign() {
             assert!(after < before - 1e-3, "{before} -> {after}");
         }
     }
+}
+
+/// Micro-batch accumulation: a mini-batch packed one sample per
+/// micro-batch takes the same step (same statistics, same weights to float
+/// tolerance) as the whole mini-batch in one packed forward, because every
+/// part is normalized by the mini-batch's token count N.
+#[test]
+fn micro_batches_add_up_to_the_mini_batch() {
+    let mut base = sharpened_model();
+    let rolls = rollouts(&mut base, &prompts(), 12, 5);
+    let samples = spread_rho(&mut base, &samples_from(&rolls, &[1.5, -0.7, 0.4]));
+    let run = |micro: usize| {
+        let mut m = base.clone();
+        let mut opt = AdamW::new(OptimConfig { lr: 1e-3, ..Default::default() }, &m.cfg);
+        let mut g = Weights::zeros(&m.cfg);
+        let st = dapo_step(&mut m, &mut opt, &mut g, &samples, &CFG, 1e-3, micro).unwrap();
+        (m, st)
+    };
+    let (whole, a) = run(1 << 20);
+    let (parts, b) = run(1);
+    assert_eq!((a.tokens, a.sequences), (b.tokens, b.sequences));
+    for (x, y, what) in [(a.loss, b.loss, "loss"), (a.grad_norm, b.grad_norm, "grad norm"), (a.clip_low_frac, b.clip_low_frac, "clip low"), (a.clip_high_frac, b.clip_high_frac, "clip high"), (a.entropy, b.entropy, "entropy")] {
+        assert!((x - y).abs() <= 1e-5 * x.abs().max(1.0), "{what}: {x} vs {y}");
+    }
+    assert!(a.clip_low_frac > 0.0 && a.clip_high_frac > 0.0, "the case exercises both clip sides: {a:?}");
+    let (p, q) = (&whole.weights.embed.data, &parts.weights.embed.data);
+    let moved = p.iter().zip(&base.weights.embed.data).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let diff = p.iter().zip(q).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(moved > 1e-4 && diff <= 1e-3 * moved, "the step moved weights by {moved}, the packings differ by {diff}");
 }
 
 /// A trajectory of one task: a prompt, `turns` replies of 3 sampled tokens

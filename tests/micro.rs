@@ -173,7 +173,7 @@ fn token_counts_are_small() {
         eprintln!("  {:<8} issue tokens min/mean/max: {:?}", tm.name(), stats(&v));
     }
     let cfg = ScaffoldConfig::default();
-    eprintln!("system prompt: {} tokens; task message around the issue: {} tokens", n(&scaffold::system_prompt(&cfg)), n(&scaffold::task_message(&tasks[0], "/testbed")) - issue[0]);
+    eprintln!("system prompt: {} tokens; task message around the issue: {} tokens", n(&scaffold::system_prompt(&cfg)), n(&scaffold::task_message(&tasks[0], "/testbed", cfg.prompt)) - issue[0]);
     assert!(stats(&issue).2 <= 120, "{:?}", stats(&issue));
     assert!(stats(&replies[0]).2 <= 30 && stats(&replies[1]).2 <= 64 && stats(&replies[2]).2 <= 16, "{:?}", replies.iter().map(|v| stats(v)).collect::<Vec<_>>());
 }

@@ -48,7 +48,7 @@ impl Scaffold {
 
     /// The opening messages: system prompt and task.
     pub fn opening(&self, task: &Task) -> Vec<Message> {
-        vec![Message::system(scaffold::system_prompt(&self.cfg)), Message::user(scaffold::task_message(task, "/testbed"))]
+        vec![Message::system(scaffold::system_prompt(&self.cfg)), Message::user(scaffold::task_message(task, "/testbed", self.cfg.prompt))]
     }
 }
 

@@ -40,6 +40,18 @@ pub struct ScaffoldConfig {
     /// Include the one-shot demonstration in the system prompt (the method
     /// used it only to collect the first rejection fine-tuning data).
     pub demonstration: bool,
+    /// "full" documents every tool and rule; "brief" is a few lines (for
+    /// small models trained from scratch, where every prompt token costs
+    /// compute on every turn and is never read).
+    pub prompt: PromptStyle,
+}
+
+/// `[agent] prompt`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptStyle {
+    Full,
+    Brief,
 }
 
 impl Default for ScaffoldConfig {
@@ -54,6 +66,7 @@ impl Default for ScaffoldConfig {
             command_timeout_s: 120,
             window_lines: 100,
             demonstration: false,
+            prompt: PromptStyle::Full,
         }
     }
 }
@@ -98,6 +111,13 @@ impl ScaffoldConfig {
 /// The system prompt: the response format, the tools, the rules.
 pub fn system_prompt(cfg: &ScaffoldConfig) -> String {
     let f = &cfg.fence;
+    if cfg.prompt == PromptStyle::Brief {
+        return format!(
+            "Fix the issue in the repository at /testbed. Reply with one line of reasoning, then ONE command in a {f} block. \
+Tools besides the shell: open FILE [LINE], goto LINE, scroll_down, scroll_up, create FILE, edit START:END <<EOF … EOF, \
+replace 'OLD' 'NEW', search_file TERM [FILE], submit (your git diff is the solution)."
+        );
+    }
     let w = cfg.window_lines;
     let mut s = format!(
         "You are an autonomous software engineer. You work in a shell on a repository checked out at /testbed, \
@@ -207,8 +227,12 @@ pub fn footer(cwd: &str, file: Option<&str>) -> String {
     format!("(Current directory: {cwd}, current file: {}) bash-$", file.unwrap_or("none"))
 }
 
-/// The first user message: the issue and what to do with it.
-pub fn task_message(task: &Task, cwd: &str) -> String {
+/// The first user message: the issue and what to do with it (with the
+/// brief prompt, the issue alone).
+pub fn task_message(task: &Task, cwd: &str, style: PromptStyle) -> String {
+    if style == PromptStyle::Brief {
+        return format!("ISSUE:\n{}\n{}", task.problem_statement.trim_end(), footer(cwd, None));
+    }
     format!(
         "We're solving this issue in the repository at /testbed:
 ISSUE:
@@ -255,6 +279,13 @@ mod tests {
         let demo = demonstration("~~~");
         let replies: Vec<&str> = demo.split("bash-$").collect();
         assert!(replies.len() >= 5);
+        // the brief prompt still names every tool and the fence
+        c.prompt = PromptStyle::Brief;
+        let b = system_prompt(&c);
+        for tool in ["open", "goto", "scroll_down", "scroll_up", "create", "edit", "replace", "search_file", "submit", "~~~"] {
+            assert!(b.contains(tool), "{tool} missing from {b}");
+        }
+        assert!(b.len() * 4 < system_prompt(&ScaffoldConfig::default()).len());
     }
 
     #[test]

@@ -214,6 +214,26 @@ impl Policy for SubmitPolicy {
     }
 }
 
+/// Replies with a micro task's canonical demonstration (`open`, `replace`,
+/// `submit`, each after one short line of reasoning; see `env::micro`):
+/// the warm start's demonstrations.
+pub struct MicroDemonstrationPolicy {
+    pub fence: String,
+}
+
+#[async_trait]
+impl Policy for MicroDemonstrationPolicy {
+    fn name(&self) -> String {
+        "micro-demonstration".into()
+    }
+
+    async fn act(&self, input: TurnInput<'_>) -> Result<Reply> {
+        let replies = crate::env::micro::demonstration_replies(input.task, &self.fence)?;
+        let text = replies.get(input.turn as usize).cloned().unwrap_or_else(|| crate::env::micro::reply_text("Done.", "submit", &self.fence));
+        Ok(Reply { text, ids: None, logprobs: None, finish: FinishReason::Stop, policy_version: None })
+    }
+}
+
 /// The tasks' gold patches as scripts, checked up front (for `--policy gold`).
 pub fn check_scriptable(tasks: &[Task]) -> Result<()> {
     for t in tasks {

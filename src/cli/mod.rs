@@ -18,6 +18,7 @@ mod score;
 mod selftest;
 mod serve;
 mod tokenize;
+mod train;
 
 use crate::config::Config;
 use anyhow::Result;
@@ -26,7 +27,7 @@ use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
 #[command(name = "appliance", version, about = "Make an open-weight LLM a better software-engineering agent through RL.")]
-#[command(after_help = "With no command, runs the embedded tiny demo on the CPU.")]
+#[command(after_help = "With no command, runs `train` on the embedded default: the tiny model learns micro tasks in real containers, on the CPU.")]
 pub struct Cli {
     /// A TOML config file, layered over the embedded default.
     #[arg(long, global = true, value_name = "FILE")]
@@ -40,6 +41,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The training pipeline: warm start, rejection fine-tuning, DAPO; held-out pass rate before and after each phase.
+    Train(train::Args),
     /// The embedded tiny pipeline on the CPU: the model learns a demonstration, then writes it.
     Demo(demo::Args),
     /// Generate a completion for a prompt, and print it with tokens/s.
@@ -117,7 +120,8 @@ pub fn run(cli: Cli) -> Result<()> {
     init_logging(cli.verbose);
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        None => demo::run(&config, demo::Args::default()),
+        None => train::run(&config, false, train::Args::default()),
+        Some(Command::Train(a)) => train::run(&config, cli.config.is_some(), a),
         Some(Command::Demo(a)) => demo::run(&config, a),
         Some(Command::Generate(a)) => generate::run(&config, a),
         Some(Command::Score(a)) => score::run(&config, a),

@@ -410,10 +410,20 @@ pub struct DapoLossStats {
 /// Forward over the packed mini-batch, the DAPO loss, and its gradients
 /// ADDED into `grads` (zero them first for a fresh step).
 pub fn dapo_loss_and_grads(model: &mut Model, samples: &[DapoSample], cfg: &DapoConfig, grads: &mut Weights) -> Result<DapoLossStats> {
+    accumulate_dapo(model, samples, cfg, None, grads)
+}
+
+/// [`dapo_loss_and_grads`] for one micro-batch of a larger mini-batch: the
+/// loss is normalized by `norm_tokens`, the assistant tokens of the WHOLE
+/// mini-batch (`None`: this micro-batch's own), so that the gradients of
+/// the micro-batches add up to the mini-batch's. The returned loss is this
+/// part's share; the other statistics are this part's own means.
+pub fn accumulate_dapo(model: &mut Model, samples: &[DapoSample], cfg: &DapoConfig, norm_tokens: Option<usize>, grads: &mut Weights) -> Result<DapoLossStats> {
     let p = pack(samples)?;
+    let norm = norm_tokens.unwrap_or(p.n_tokens);
     let st = model.forward(&p.batch).context("DAPO forward")?;
     let lp = model.token_logprobs(&st, &p.targets);
-    let out = dapo_loss(&lp.logprob, &p.old, &p.adv, &p.mask, p.n_tokens, cfg)?;
+    let out = dapo_loss(&lp.logprob, &p.old, &p.adv, &p.mask, norm, cfg)?;
 
     let (mut ent, mut dsum, mut dmax) = (0.0f64, 0.0f64, 0.0f64);
     for t in (0..p.mask.len()).filter(|&t| p.mask[t]) {
@@ -453,26 +463,57 @@ pub struct DapoStepStats {
     pub parity_max_abs: f64,
 }
 
-/// One DAPO optimizer step on a mini-batch: pack, forward, loss, backward,
-/// clip the global gradient norm to `opt.config.grad_clip`, AdamW at `lr`.
-/// A non-finite gradient norm is an error and leaves the weights unchanged.
-pub fn dapo_step(model: &mut Model, opt: &mut AdamW, grads: &mut Weights, samples: &[DapoSample], cfg: &DapoConfig, lr: f32) -> Result<DapoStepStats> {
+/// One DAPO optimizer step on a mini-batch: the samples are packed into
+/// micro-batches of at most `micro_batch_tokens` tokens (first fit, longest
+/// first; see `rft::pack`), each contributes its gradient normalized by the
+/// mini-batch's assistant-token count N (so the sum is the mini-batch's
+/// gradient, whatever the packing), then the global gradient norm is
+/// clipped to `opt.config.grad_clip` and AdamW steps at `lr`. A non-finite
+/// gradient norm is an error and leaves the weights unchanged. The
+/// statistics are over the whole mini-batch (token-weighted means).
+#[allow(clippy::too_many_arguments)]
+pub fn dapo_step(
+    model: &mut Model,
+    opt: &mut AdamW,
+    grads: &mut Weights,
+    samples: &[DapoSample],
+    cfg: &DapoConfig,
+    lr: f32,
+    micro_batch_tokens: usize,
+) -> Result<DapoStepStats> {
+    ensure!(!samples.is_empty(), "the DAPO mini-batch is empty");
     grads.zero();
-    let s = dapo_loss_and_grads(model, samples, cfg, grads)?;
+    let n_total: usize = samples.iter().map(|s| s.mask.iter().skip(1).filter(|&&m| m).count()).sum();
+    let lengths: Vec<usize> = samples.iter().map(|s| s.ids.len()).collect();
+    let bins = super::rft::pack(&lengths, micro_batch_tokens.max(1));
+    let (mut loss, mut low, mut high, mut ent, mut par_sum, mut par_max, mut tokens) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0f64, 0usize);
+    for bin in &bins {
+        let part: Vec<DapoSample> = bin.iter().map(|&i| samples[i].clone()).collect();
+        let s = accumulate_dapo(model, &part, cfg, Some(n_total), grads)?;
+        let w = s.tokens as f64;
+        loss += s.loss;
+        low += s.clip_low_frac * w;
+        high += s.clip_high_frac * w;
+        ent += s.entropy * w;
+        par_sum += s.parity_mean_abs * w;
+        par_max = par_max.max(s.parity_max_abs);
+        tokens += s.tokens;
+    }
+    let n = tokens.max(1) as f64;
     let grad_norm = clip_grad_norm(grads, opt.config.grad_clip);
-    ensure!(grad_norm.is_finite(), "the DAPO gradient norm is {grad_norm} (loss {}); the step was not taken", s.loss);
+    ensure!(grad_norm.is_finite(), "the DAPO gradient norm is {grad_norm} (loss {loss}); the step was not taken");
     opt.update(&mut model.weights, grads, lr);
     Ok(DapoStepStats {
-        loss: s.loss,
+        loss,
         grad_norm,
         lr,
-        clip_low_frac: s.clip_low_frac,
-        clip_high_frac: s.clip_high_frac,
-        entropy: s.entropy,
-        tokens: s.tokens,
+        clip_low_frac: low / n,
+        clip_high_frac: high / n,
+        entropy: ent / n,
+        tokens,
         sequences: samples.len(),
-        parity_mean_abs: s.parity_mean_abs,
-        parity_max_abs: s.parity_max_abs,
+        parity_mean_abs: par_sum / n,
+        parity_max_abs: par_max,
     })
 }
 

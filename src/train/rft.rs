@@ -37,11 +37,18 @@ pub struct RftConfig {
     pub micro_batch_tokens: usize,
     /// Order of the trajectories in each epoch.
     pub seed: u64,
+    /// `appliance train`'s RFT phase: attempts sampled per training task
+    /// (the method: 10). Not used by `appliance rft`, which reads files.
+    pub samples_per_task: u32,
+    /// `appliance train`'s RFT phase also trains on the solved trajectories
+    /// of these files (ours, or imported with `appliance import`); they are
+    /// read and checked before the run starts.
+    pub from: Vec<std::path::PathBuf>,
 }
 
 impl Default for RftConfig {
     fn default() -> Self {
-        RftConfig { lr: 5e-6, warmup_steps: 10, batch: 64, epochs: 1, micro_batch_tokens: 16_384, seed: 0 }
+        RftConfig { lr: 5e-6, warmup_steps: 10, batch: 64, epochs: 1, micro_batch_tokens: 16_384, seed: 0, samples_per_task: 10, from: vec![] }
     }
 }
 
@@ -58,6 +65,9 @@ impl RftConfig {
         }
         if self.micro_batch_tokens == 0 {
             bail!("[rft] micro_batch_tokens must be at least 1");
+        }
+        if self.samples_per_task == 0 {
+            bail!("[rft] samples_per_task must be at least 1");
         }
         Ok(())
     }
@@ -250,7 +260,7 @@ mod tests {
         let ex = vec![Example::from_mask(&[1, 5, 9, 5, 9, 5, 9, 2], &[false, true, true, true, true, true, true, true]); 4];
         let oc = OptimConfig { lr: 3e-3, weight_decay: 0.1, ..Default::default() };
         let mut opt = AdamW::new(oc, &m.cfg);
-        let cfg = RftConfig { lr: 3e-3, warmup_steps: 2, batch: 2, epochs: 10, micro_batch_tokens: 8, seed: 0 };
+        let cfg = RftConfig { lr: 3e-3, warmup_steps: 2, batch: 2, epochs: 10, micro_batch_tokens: 8, seed: 0, samples_per_task: 1, from: vec![] };
         let steps = train(&mut m, &mut opt, &ex, &cfg, |_| {}).unwrap();
         assert_eq!(steps.len(), 20);
         assert_eq!(steps[0].micro_batches, 2, "two 8-token sequences in micro-batches of 8 tokens");
