@@ -18,6 +18,7 @@ pub mod kernels;
 pub mod model;
 pub mod monitor;
 pub mod parallel;
+pub mod report;
 pub mod serve;
 pub mod tensor;
 pub mod train;
