@@ -19,6 +19,7 @@ pub mod model;
 pub mod monitor;
 pub mod parallel;
 pub mod pipeline;
+pub mod report;
 pub mod serve;
 pub mod tensor;
 pub mod train;

@@ -12,6 +12,7 @@ mod eval;
 mod generate;
 mod gpus;
 mod import;
+mod report;
 mod rft;
 mod rollout;
 mod score;
@@ -69,6 +70,8 @@ pub enum Command {
     Import(import::Args),
     /// An OpenAI-compatible HTTP server over the local engine (prints its address first).
     Serve(serve::Args),
+    /// One self-contained HTML page with the training curves of a run directory.
+    Report(report::Args),
 }
 
 /// An error that ends the program with a specific exit code.
@@ -135,6 +138,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Rft(a)) => rft::run(&config, a),
         Some(Command::Import(a)) => import::run(&config, a),
         Some(Command::Serve(a)) => serve::run(&config, a),
+        Some(Command::Report(a)) => report::run(a),
     }
 }
 
