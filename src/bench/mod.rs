@@ -1,15 +1,17 @@
 //! Benchmark mode: suites that measure throughput, with the hardware and
 //! software they ran on, while the monitor samples utilization.
 //!
-//! Owns: the suites (`model`, `kernels`; `env` lives with the environments),
-//! repetition (warm-up, then repeats; median and spread), the report format
-//! (a table, and JSON with `tokens_per_s` on each measured row) and the
-//! comparison against an earlier report. Speeds are only ever reported, as
-//! numbers and as ratios against a baseline in the same run: never asserted.
+//! Owns: the suites (`model`, `kernels`, `train`, `rollout`; `env` lives
+//! with the environments), repetition (warm-up, then repeats; median and
+//! spread), the report format (a table, and JSON with `tokens_per_s` on each
+//! measured row) and the comparison against an earlier report. Speeds are
+//! only ever reported, as numbers and as ratios against a baseline in the
+//! same run: never asserted.
 
 pub mod kernels;
 pub mod model;
 pub mod rollout;
+pub mod train;
 
 use crate::monitor::metrics::{aggregate, Stat};
 use crate::monitor::sampler::{Sampler, Source};

@@ -1,4 +1,4 @@
-//! `appliance bench [model|kernels|env|rollout|all]`: the benchmark mode. Prints a
+//! `appliance bench [model|kernels|train|env|rollout|all]`: the benchmark mode. Prints a
 //! table (or `--json`) with tokens/s, utilization and memory sampled during
 //! each measurement, and MFU where a GPU's peak is known; `--compare FILE`
 //! adds the ratio against an earlier JSON report.
@@ -12,6 +12,8 @@ use std::path::PathBuf;
 pub enum Suite {
     Model,
     Kernels,
+    /// Training tokens/s (forward + backward + AdamW) for the tiny model and a ~100M config, CPU backend.
+    Train,
     Env,
     /// Episodes of the tiny model on the built-in suite (Docker): episodes/min, turns/s, time split.
     Rollout,
@@ -31,7 +33,7 @@ pub struct Args {
     /// An earlier JSON report to compare against.
     #[arg(long, value_name = "FILE")]
     pub compare: Option<PathBuf>,
-    /// Timed repeats after the warm-up.
+    /// Timed repeats after the warm-up (the train suite's 100M shape takes at most 3).
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
     /// env and rollout suites: numbers of concurrent episodes, one measurement each.
@@ -102,6 +104,12 @@ pub fn run(a: Args) -> Result<()> {
         } else {
             rows.extend(bench::kernels::run_cpu(a.repeats)?);
         }
+    }
+    if want(Suite::Train) {
+        for s in bench::train::shapes() {
+            eprintln!("{}", bench::train::describe(&s));
+        }
+        rows.extend(bench::train::run(a.repeats)?);
     }
     if want(Suite::Env) {
         match env_rows(&a.episodes) {

@@ -1,0 +1,320 @@
+//! The `train` suite: training tokens/s on the CPU backend — one full RL
+//! optimizer step (packed forward, chunked log-prob, DAPO loss, backward,
+//! global-norm clip, AdamW) — for the embedded tiny model and for a
+//! ~100M-parameter Qwen2-shaped config stated here, with same-process
+//! baselines: forward-only tokens/s of the same batch, the step's cost as a
+//! multiple of that forward, and the step's split into forward, backward and
+//! optimizer. The tiny shape also has the RFT step (weighted NLL).
+//!
+//! Owns: the benchmark shapes, their synthetic samples (random ids, every
+//! token but the first trained, old log-probs near the random model's, ±1
+//! advantages) and the rows. Does not own the step itself: the timed step is
+//! `train::algorithms::dapo_step`'s body with a clock between its parts (a
+//! test checks it leaves the same weights as `dapo_step`), and the RFT row
+//! calls `train::rft::accumulate_nll` and the optimizer as the RFT loop does.
+
+use super::{measure, Row};
+use crate::model::qwen2::{Batch, Model};
+use crate::model::{tiny, ModelConfig, Weights};
+use crate::monitor::mfu;
+use crate::train::algorithms::{dapo_loss_and_grads, DapoConfig, DapoSample};
+use crate::train::optimizer::{clip_grad_norm, AdamW, OptimConfig};
+use crate::train::rft::{accumulate_nll, Example};
+use anyhow::{ensure, Context, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::time::{Duration, Instant};
+
+const SUITE: &str = "train";
+
+/// The ~100M-parameter config: Qwen2-shaped (q/k/v bias, GQA with 2 KV
+/// heads as in Qwen2.5, tied embeddings as in Qwen2.5-0.5B), hidden 768,
+/// 12 layers, 12 heads of 64, intermediate 2048, vocabulary 32,768:
+/// 98,335,488 parameters (25.2M of them the embedding).
+pub const CONFIG_100M: &str = r#"{"model_type":"qwen2","vocab_size":32768,"hidden_size":768,"intermediate_size":2048,
+  "num_hidden_layers":12,"num_attention_heads":12,"num_key_value_heads":2,"max_position_embeddings":4096,
+  "rms_norm_eps":1e-6,"rope_theta":1000000.0,"tie_word_embeddings":true}"#;
+
+pub fn config_100m() -> ModelConfig {
+    ModelConfig::from_json_str(CONFIG_100M, "bench train 100M config").expect("valid bench config")
+}
+
+/// One benchmarked shape: a model config and a packed batch of `seqs`
+/// sequences of `seq_len` tokens.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    /// Row-name prefix, e.g. "tiny 4x512".
+    pub label: String,
+    pub cfg: ModelConfig,
+    pub seqs: usize,
+    pub seq_len: usize,
+    /// Also time the RFT (NLL) step.
+    pub rft: bool,
+    /// At most this many timed repeats (keeps `bench all` short for the
+    /// large shape); the warm-up is extra.
+    pub max_repeats: usize,
+}
+
+/// The suite's shapes: the tiny model on 4 × 512 tokens, the 100M config
+/// on 1 × 512 (a step takes seconds on 2 cores, so at most 3 repeats).
+pub fn shapes() -> Vec<Shape> {
+    vec![
+        Shape { label: "tiny 4x512".into(), cfg: tiny::tiny_config(), seqs: 4, seq_len: 512, rft: true, max_repeats: usize::MAX },
+        Shape { label: "100M 1x512".into(), cfg: config_100m(), seqs: 1, seq_len: 512, rft: false, max_repeats: 3 },
+    ]
+}
+
+/// A line describing a shape's model (printed beside the table).
+pub fn describe(s: &Shape) -> String {
+    let c = &s.cfg;
+    format!(
+        "{}: hidden {}, {} layers, {} heads / {} kv heads, intermediate {}, vocab {}, tied {}, {} parameters ({:.1}M); {} x {} tokens",
+        s.label,
+        c.hidden_size,
+        c.num_layers,
+        c.num_heads,
+        c.num_kv_heads,
+        c.intermediate_size,
+        c.vocab_size,
+        c.tie_word_embeddings,
+        c.num_params(),
+        c.num_params() as f64 / 1e6,
+        s.seqs,
+        s.seq_len
+    )
+}
+
+/// Synthetic DAPO samples: random ids, every token but the first trained,
+/// old log-probs around −ln V (what a freshly initialized model gives, so
+/// ρ ≈ 1 and the gradient flows), advantages alternating +1 / −1.
+pub fn samples(cfg: &ModelConfig, seqs: usize, seq_len: usize, seed: u64) -> Vec<DapoSample> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let uniform = -(cfg.vocab_size as f32).ln();
+    (0..seqs)
+        .map(|s| {
+            let ids: Vec<u32> = (0..seq_len).map(|_| rng.gen_range(0..cfg.vocab_size as u32)).collect();
+            let mask: Vec<bool> = (0..seq_len).map(|i| i > 0).collect();
+            let old_logprob = (0..seq_len).map(|_| uniform + rng.gen_range(-0.05f32..0.05)).collect();
+            DapoSample { ids, mask, old_logprob, advantage: if s % 2 == 0 { 1.0 } else { -1.0 } }
+        })
+        .collect()
+}
+
+/// Where one timed step spent its time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StepTimes {
+    /// Packing, forward, log-probs, DAPO loss and backward.
+    pub forward_backward: Duration,
+    /// Zeroing the gradients, the global-norm clip and AdamW.
+    pub optimizer: Duration,
+}
+
+/// One DAPO optimizer step, exactly `algorithms::dapo_step` (zero the
+/// gradients, `dapo_loss_and_grads`, clip, refuse a non-finite norm, AdamW)
+/// with a clock between the parts. Returns the loss and the times.
+pub fn timed_dapo_step(model: &mut Model, opt: &mut AdamW, grads: &mut Weights, samples: &[DapoSample], cfg: &DapoConfig, lr: f32) -> Result<(f64, StepTimes)> {
+    let t = Instant::now();
+    grads.zero();
+    let zero = t.elapsed();
+    let t = Instant::now();
+    let s = dapo_loss_and_grads(model, samples, cfg, grads)?;
+    let forward_backward = t.elapsed();
+    let t = Instant::now();
+    let grad_norm = clip_grad_norm(grads, opt.config.grad_clip);
+    ensure!(grad_norm.is_finite(), "the DAPO gradient norm is {grad_norm} (loss {}); the step was not taken", s.loss);
+    opt.update(&mut model.weights, grads, lr);
+    Ok((s.loss, StepTimes { forward_backward, optimizer: zero + t.elapsed() }))
+}
+
+fn derived(name: String, v: f64, unit: &str, repeats: usize) -> Row {
+    Row {
+        suite: SUITE.into(),
+        name,
+        median: v,
+        min: v,
+        max: v,
+        unit: unit.into(),
+        tokens_per_s: None,
+        util_mean_pct: None,
+        util_peak_pct: None,
+        memory_peak_bytes: None,
+        mfu: None,
+        repeats,
+    }
+}
+
+/// The rows of one shape, `repeats` timed repeats each (capped by the
+/// shape's `max_repeats`) after a warm-up:
+/// - `{label}: DAPO step` — tokens/s of the whole step (the headline);
+/// - `{label}: RFT step` — the NLL step, when `shape.rft`;
+/// - `{label}: forward only` — forward + chunked log-probs, tokens/s;
+/// - `{label}: step / forward time` — how many forwards a step costs;
+/// - `{label}: share forward|backward|optimizer` — percent of the step:
+///   the optimizer's share is timed inside each step; forward is the
+///   forward-only time over the step time; backward (with the loss) is the
+///   rest, so the three add up to 100 (noise can move time between
+///   forward and backward, since they come from different runs);
+/// - `{label}: achieved GFLOP/s` — the step's model FLOPs
+///   (`monitor::mfu::training_flops_per_token`) at its tokens/s.
+pub fn run_shape(shape: &Shape, repeats: usize) -> Result<Vec<Row>> {
+    let repeats = repeats.clamp(1, shape.max_repeats.max(1));
+    let label = &shape.label;
+    let cfg = &shape.cfg;
+    ensure!(
+        shape.seq_len <= cfg.max_position_embeddings,
+        "{label}: sequences of {} tokens exceed the config's {} positions",
+        shape.seq_len,
+        cfg.max_position_embeddings
+    );
+    let mut model = Model::new(cfg.clone(), Weights::init(cfg, 0, tiny::INIT_STD));
+    let ocfg = OptimConfig::default();
+    let lr = ocfg.lr;
+    let mut opt = AdamW::new(ocfg, cfg);
+    let mut grads = Weights::zeros(cfg);
+    let dapo = DapoConfig::default();
+    let data = samples(cfg, shape.seqs, shape.seq_len, 0);
+    let tokens = (shape.seqs * shape.seq_len) as f64;
+    let mut rows = vec![];
+
+    let mut times: Vec<StepTimes> = vec![];
+    let step = measure(SUITE, &format!("{label}: DAPO step"), "tokens/s", repeats, true, true, || {
+        let (loss, t) = timed_dapo_step(&mut model, &mut opt, &mut grads, &data, &dapo, lr)?;
+        ensure!(loss.is_finite(), "the DAPO loss is {loss}");
+        times.push(t);
+        Ok(tokens)
+    })?;
+    let timed = &times[1..]; // the first is the warm-up
+
+    let rft = if shape.rft {
+        let examples: Vec<Example> = data.iter().map(|s| Example::from_mask(&s.ids, &s.mask)).collect();
+        let refs: Vec<&Example> = examples.iter().collect();
+        let norm = examples.iter().map(|e| e.trained_tokens()).sum::<usize>().max(1) as f64;
+        Some(measure(SUITE, &format!("{label}: RFT step"), "tokens/s", repeats, true, true, || {
+            grads.zero();
+            let loss = accumulate_nll(&mut model, &refs, norm, &mut grads)?;
+            ensure!(loss.is_finite(), "the RFT loss is {loss}");
+            clip_grad_norm(&mut grads, opt.config.grad_clip);
+            opt.update(&mut model.weights, &grads, lr);
+            Ok(tokens)
+        })?)
+    } else {
+        None
+    };
+
+    let seqs: Vec<&[u32]> = data.iter().map(|s| s.ids.as_slice()).collect();
+    let batch = Batch::from_sequences(&seqs);
+    let (targets, _) = batch.next_token_targets();
+    let forward = measure(SUITE, &format!("{label}: forward only"), "tokens/s", repeats, true, true, || {
+        let st = model.forward(&batch).context("forward")?;
+        let lp = model.token_logprobs(&st, &targets);
+        ensure!(lp.logprob.iter().all(|x| x.is_finite()), "a non-finite log-prob");
+        Ok(tokens)
+    })?;
+
+    // Medians of rates are rates at the median time.
+    let (t_step, t_fwd) = (tokens / step.median, tokens / forward.median);
+    let mut opt_frac: Vec<f64> = timed.iter().map(|t| t.optimizer.as_secs_f64() / (t.optimizer + t.forward_backward).as_secs_f64().max(1e-12)).collect();
+    let opt_share = super::median(&mut opt_frac);
+    let fwd_share = t_fwd / t_step;
+    let n = step.repeats;
+    let gflops = step.median * mfu::training_flops_per_token(cfg, shape.seq_len) / 1e9;
+    rows.push(step);
+    rows.extend(rft);
+    rows.push(forward);
+    rows.push(derived(format!("{label}: step / forward time"), t_step / t_fwd, "x", n));
+    rows.push(derived(format!("{label}: share forward"), fwd_share * 100.0, "%", n));
+    rows.push(derived(format!("{label}: share backward"), (1.0 - opt_share - fwd_share) * 100.0, "%", n));
+    rows.push(derived(format!("{label}: share optimizer"), opt_share * 100.0, "%", n));
+    rows.push(derived(format!("{label}: achieved GFLOP/s"), gflops, "GFLOP/s", n));
+    Ok(rows)
+}
+
+/// Every shape of [`shapes`].
+pub fn run(repeats: usize) -> Result<Vec<Row>> {
+    let mut rows = vec![];
+    for s in shapes() {
+        rows.extend(run_shape(&s, repeats).with_context(|| format!("train suite, {}", s.label))?);
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::algorithms::dapo_step;
+
+    #[test]
+    fn the_100m_config_has_about_100m_parameters() {
+        let c = config_100m();
+        let n = c.num_params();
+        assert_eq!(n, 98_335_488, "the count the docs state");
+        assert!((90_000_000..=110_000_000).contains(&n), "{n}");
+        // Parameters in matrix products: all but the (tied) embedding lookup.
+        let m = mfu::matmul_params(&c);
+        assert!(m > 90e6 && m < 110e6, "{m}");
+        let s = shapes();
+        assert!(s.iter().all(|s| s.seq_len <= s.cfg.max_position_embeddings));
+        assert_eq!(s[0].cfg, tiny::tiny_config());
+    }
+
+    #[test]
+    fn the_timed_step_is_dapo_step() {
+        let cfg = tiny::tiny_config();
+        let data = samples(&cfg, 2, 24, 7);
+        let dapo = DapoConfig::default();
+        let ocfg = OptimConfig { lr: 1e-3, ..Default::default() };
+        let start = Model::new(cfg.clone(), Weights::init(&cfg, 3, tiny::INIT_STD));
+        let (mut a, mut b) = (start.clone(), start.clone());
+        let (mut oa, mut ob) = (AdamW::new(ocfg.clone(), &cfg), AdamW::new(ocfg.clone(), &cfg));
+        let (mut ga, mut gb) = (Weights::zeros(&cfg), Weights::zeros(&cfg));
+        for _ in 0..2 {
+            let want = dapo_step(&mut a, &mut oa, &mut ga, &data, &dapo, ocfg.lr).unwrap();
+            let (loss, t) = timed_dapo_step(&mut b, &mut ob, &mut gb, &data, &dapo, ocfg.lr).unwrap();
+            assert_eq!(loss, want.loss);
+            assert!(t.forward_backward > Duration::ZERO);
+        }
+        assert_ne!(a.weights, start.weights, "the step moved the weights");
+        assert_eq!(a.weights, b.weights);
+        assert_eq!(oa.step, ob.step);
+    }
+
+    #[test]
+    fn rows_are_well_formed_on_a_small_shape() {
+        let shape = Shape { label: "tiny 2x32".into(), cfg: tiny::tiny_config(), seqs: 2, seq_len: 32, rft: true, max_repeats: 1 };
+        let rows = run_shape(&shape, 3).unwrap();
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        let want: Vec<String> = ["DAPO step", "RFT step", "forward only", "step / forward time", "share forward", "share backward", "share optimizer", "achieved GFLOP/s"]
+            .iter()
+            .map(|n| format!("tiny 2x32: {n}"))
+            .collect();
+        assert_eq!(names, want);
+        for r in &rows {
+            assert_eq!(r.suite, "train");
+            assert_eq!(r.repeats, 1, "{}: max_repeats caps the repeats", r.name);
+            assert!(r.median.is_finite(), "{}: {}", r.name, r.median);
+            assert!(r.name.len() <= 44, "{} is wider than the table's name column", r.name);
+            if r.unit == "tokens/s" {
+                let t = r.tokens_per_s.expect("a tokens/s row carries tokens_per_s");
+                assert!(t.is_finite() && t > 0.0, "{}: {t}", r.name);
+                assert_eq!(t, r.median);
+            } else {
+                assert!(r.tokens_per_s.is_none(), "{}", r.name);
+            }
+        }
+        // The three shares partition the step (whatever the timings).
+        let share: f64 = rows.iter().filter(|r| r.name.contains(": share ")).map(|r| r.median).sum();
+        assert!((share - 100.0).abs() < 1e-9, "{share}");
+        // The ratio is the forward's rate over the step's.
+        let (step, fwd, ratio) = (&rows[0], &rows[2], &rows[3]);
+        assert!((ratio.median - fwd.median / step.median).abs() < 1e-9 * ratio.median);
+    }
+
+    #[test]
+    fn a_sequence_longer_than_the_positions_is_an_error() {
+        let mut cfg = tiny::tiny_config();
+        cfg.max_position_embeddings = 16;
+        let shape = Shape { label: "short".into(), cfg, seqs: 1, seq_len: 32, rft: false, max_repeats: 1 };
+        let e = run_shape(&shape, 1).unwrap_err().to_string();
+        assert!(e.contains("exceed the config's 16 positions"), "{e}");
+    }
+}
