@@ -268,7 +268,7 @@ mod tests {
         let (mut oa, mut ob) = (AdamW::new(ocfg.clone(), &cfg), AdamW::new(ocfg.clone(), &cfg));
         let (mut ga, mut gb) = (Weights::zeros(&cfg), Weights::zeros(&cfg));
         for _ in 0..2 {
-            let want = dapo_step(&mut a, &mut oa, &mut ga, &data, &dapo, ocfg.lr).unwrap();
+            let want = dapo_step(&mut a, &mut oa, &mut ga, &data, &dapo, ocfg.lr, 1 << 30).unwrap();
             let (loss, t) = timed_dapo_step(&mut b, &mut ob, &mut gb, &data, &dapo, ocfg.lr).unwrap();
             assert_eq!(loss, want.loss);
             assert!(t.forward_backward > Duration::ZERO);
