@@ -203,6 +203,9 @@ pub struct TrainSection {
     /// attempts so far, and those never solved (METHOD.md's filter between
     /// stages; the attempts so far are the RFT samples).
     pub curriculum: bool,
+    /// A run directory of an earlier stage: its attempts per task (from its
+    /// last checkpoint) are where this run's curriculum filter starts.
+    pub curriculum_from: Option<PathBuf>,
     /// Seed of problem sampling and of every episode's sampling seed.
     pub seed: u64,
 }
@@ -240,6 +243,7 @@ impl Default for TrainSection {
             eval_samples: 2,
             phases: vec![Phase::WarmStart, Phase::Rft, Phase::Dapo],
             curriculum: true,
+            curriculum_from: None,
             seed: 0,
         }
     }
@@ -474,10 +478,20 @@ mod tests {
         let s2 = load("qwen2.5-72b-stage2.toml");
         assert_eq!((s2.agent.max_context_tokens, s2.agent.max_turns, s2.dapo.problems_per_iteration, s2.dapo.mini_batch), (131_072, 80, 100, 256));
         assert_eq!((s2.dapo.eps_low, s2.dapo.eps_high), (0.2, 0.26));
+        assert!(s2.train.curriculum && s2.train.curriculum_from.is_some());
         let d = load("qwen2.5-7b-dapo.toml");
         assert_eq!((d.optim.lr, d.optim.beta2, d.optim.eps, d.optim.grad_clip), (1e-6, 0.999, 1e-8, 1.0));
         for c in [&s1, &s2, &d] {
             assert!(c.generate.is_untruncated() && c.generate.temperature == 1.0);
+            assert_eq!((c.optim.lr, c.dapo.iterations), (1e-6, 100));
         }
+        // every config names the GPU backend and the method's full scaffold,
+        // whatever the tiny default shortens
+        for c in [&rft, &s1, &s2, &d] {
+            assert_eq!(c.model.backend, Backend::Cuda);
+            assert_eq!((c.agent.prompt, c.agent.max_reply_tokens), (crate::agent::scaffold::PromptStyle::Full, 4096));
+            assert!(c.train.tasks.ends_with(".jsonl"));
+        }
+        assert_eq!(rft.rft.samples_per_task, 10);
     }
 }

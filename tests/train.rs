@@ -178,8 +178,9 @@ fn bad_input_fails_clearly_and_corrupts_nothing() {
         ("eps_high < eps_low", "[dapo]\neps_low = 0.3\neps_high = 0.2\n".into(), vec!["dapo.eps_high", "dapo.eps_low"]),
         ("mini-batch larger than an iteration", "[dapo]\nproblems_per_iteration = 2\ngroup_size = 2\nmini_batch = 8\n".into(), vec!["dapo.mini_batch", "larger than"]),
         ("warm-start batch larger than the data", "[warm_start]\ndemonstrations = 4\nbatch = 8\n".into(), vec!["warm_start.batch", "larger than the data"]),
-        ("more problems than tasks", "[train]\nmicro_tasks = 10\nheld_out = 4\n[dapo]\nproblems_per_iteration = 7\nmini_batch = 4\n[warm_start]\ndemonstrations = 4\nbatch = 4\n".into(), vec!["dapo.problems_per_iteration", "6 training tasks"]),
+        ("more problems than tasks", "[train]\nmicro_tasks = 10\nheld_out = 4\nphases = [\"dapo\"]\n[dapo]\nproblems_per_iteration = 7\nmini_batch = 4\n".into(), vec!["dapo.problems_per_iteration", "6 training tasks"]),
         ("missing model directory", format!("[model]\ndir = \"{}\"\n[train]\nphases = [\"rft\"]\n", d.join("no-such-model").display()), vec!["no-such-model"]),
+        ("RFT batch larger than the data", "[train]\nmicro_tasks = 10\nheld_out = 4\nphases = [\"rft\"]\n[rft]\nsamples_per_task = 2\nbatch = 13\n".into(), vec!["rft.batch (13)", "larger than the data", "12 trajectories"]),
         ("GPU backend without a GPU", "[model]\nbackend = \"cuda\"\n".into(), vec!["backend = \"cuda\"", "GPU"]),
     ];
     for (what, text, needles) in &cases {

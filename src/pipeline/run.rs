@@ -267,6 +267,14 @@ pub fn train(config: Config, opts: &TrainOptions) -> Result<BTreeMap<String, Eva
     let (train, held) = load_tasks(&cfg)?;
     check_sizes(&cfg, train.len())?;
     let extra_rft = read_rft_inputs(&cfg)?;
+    let earlier_stats = match &cfg.train.curriculum_from {
+        Some(d) => {
+            let earlier = RunDir::open(d).context("train.curriculum_from")?;
+            let name = earlier.latest()?.with_context(|| format!("train.curriculum_from: {} has no checkpoint yet", d.display()))?;
+            earlier.read_progress(&name)?.task_stats
+        }
+        None => Default::default(),
+    };
     let plan = units(&cfg);
     let progress = match &dir_for_resume {
         Some(d) => match d.latest()? {
@@ -323,7 +331,7 @@ pub fn train(config: Config, opts: &TrainOptions) -> Result<BTreeMap<String, Eva
             dapo_steps: 0,
             dapo_iterations: 0,
             rng: RngState::of(&ChaCha8Rng::seed_from_u64(turn_seed(cfg.train.seed, 0xDA90))),
-            task_stats: Default::default(),
+            task_stats: earlier_stats.clone(),
             dapo_pool: None,
             summary: Default::default(),
             metrics_bytes: 0,
