@@ -65,20 +65,24 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
-/// A small run: a warm start weak enough that episodes end at different
-/// turns, then DAPO with the length penalty from the first step (L_thr 1),
-/// so groups have different rewards and every iteration trains.
+/// A small run: a short warm start, then DAPO. The weak model solves
+/// nothing, but a small context makes its episodes end at different turns
+/// (the context runs out after replies of random lengths), and with the
+/// length penalty from the first step (L_thr 1) their rewards differ, so
+/// every iteration trains.
 const SMALL: &str = r#"
 [agent]
-max_turns = 4
+max_turns = 6
 length_threshold = 1
 max_reply_tokens = 40
 min_reply_tokens = 8
-max_context_tokens = 2048
+max_context_tokens = 760
 prompt = "brief"
 
 [rollout]
-concurrency = 2
+# One episode at a time: the engine then decodes each sequence alone, which
+# is bit-for-bit reproducible (see the determinism contract).
+concurrency = 1
 
 [optim]
 lr = 1e-3
@@ -99,7 +103,7 @@ lr = 3e-3
 iterations = 3
 problems_per_iteration = 3
 group_size = 3
-mini_batch = 4
+mini_batch = 1
 "#;
 
 /// kill -9 in the middle of DAPO iteration 2 (after its first optimizer
@@ -118,6 +122,12 @@ fn a_killed_run_resumes_to_the_same_records_as_an_uninterrupted_one() {
     let steps: Vec<&BTreeMap<String, Value>> = want.iter().filter(|r| r["kind"] == "dapo_step").collect();
     assert!(steps.iter().filter(|r| r["iteration"] == 2).count() >= 2, "iteration 2 must take at least two steps for the kill to land inside it: {want:#?}");
     assert!(steps.iter().any(|r| r["iteration"] == 3), "{want:#?}");
+    // Sampler-trainer parity before each iteration's first update: the
+    // engine's recorded log-probs are the trainer's.
+    for it in want.iter().filter(|r| r["kind"] == "dapo_iteration") {
+        let p = it["parity_max_abs"].as_f64().expect("every iteration trained");
+        assert!(p < 1e-5, "iteration {}: sampler-trainer |Δ log-prob| max {p}", it["iteration"]);
+    }
 
     // The same run, killed with SIGKILL right after iteration 2's first step.
     let killed = dir.path().join("killed");
