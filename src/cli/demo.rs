@@ -1,9 +1,9 @@
-//! `appliance demo` (also what `appliance` with no command runs): the
+//! `appliance demo` (the no-argument default before `train` existed): the
 //! embedded tiny pipeline on the CPU. The tiny model, random at first, is
 //! fine-tuned on two short agent conversations with the loss only on the
 //! assistant's tokens (the token ledger's mask), and then answers each issue
 //! greedily. A newcomer sees the loss fall and the learned reply come back.
-//! The full RL pipeline takes this command's place as it lands.
+//! The no-argument default is now `train` (the whole RL pipeline).
 
 use crate::config::Config;
 use crate::engine::{generate, SamplingParams};

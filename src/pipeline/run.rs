@@ -604,12 +604,17 @@ impl Run {
         let own = trajs.len();
         trajs.extend(self.extra_rft.iter().cloned());
         let (examples, sel) = rft::select(&trajs);
-        ensure!(
-            !examples.is_empty(),
-            "rejection fine-tuning: none of the {own} sampled attempts in {} (nor of the {} trajectories of rft.from) solved its task, so there is nothing to fine-tune on",
-            path.display(),
-            self.extra_rft.len()
-        );
+        if examples.is_empty() {
+            // Nothing to imitate: the phase leaves the weights as they are
+            // (and says so) rather than ending the run.
+            let msg = format!(
+                "rejection fine-tuning: none of the {own} sampled attempts in {} (nor of the {} trajectories of rft.from) solved its task; nothing to fine-tune on, the weights are unchanged",
+                path.display(),
+                self.extra_rft.len()
+            );
+            eprintln!("warning: {msg}");
+            return self.emit("rft_skipped", json!({"sampled": own, "from_files": self.extra_rft.len()}));
+        }
         let mut rc = self.cfg.rft.clone();
         if rc.batch > examples.len() {
             self.say(&format!("rft: {} successful trajectories, fewer than rft.batch = {}; one step takes them all", examples.len(), rc.batch));
