@@ -192,6 +192,10 @@ pub struct TrainSection {
     pub micro_tasks: usize,
     /// With tasks = "micro": the generator's seed.
     pub micro_seed: u64,
+    /// With tasks = "micro": "small" (ten fixed bugs, only their symptoms
+    /// drawn: learnable by a tiny model in minutes) or "wide" (every name
+    /// and path drawn: solving means copying from the issue).
+    pub micro_family: crate::env::micro::Family,
     /// The last `held_out` tasks are never trained on; the pass rate on them
     /// is measured before the first phase and after each phase.
     pub held_out: usize,
@@ -239,6 +243,7 @@ impl Default for TrainSection {
             tasks: "micro".into(),
             micro_tasks: 150,
             micro_seed: 0,
+            micro_family: crate::env::micro::Family::Small,
             held_out: 30,
             eval_samples: 2,
             phases: vec![Phase::WarmStart, Phase::Rft, Phase::Dapo],

@@ -177,3 +177,29 @@ fn token_counts_are_small() {
     assert!(stats(&issue).2 <= 120, "{:?}", stats(&issue));
     assert!(stats(&replies[0]).2 <= 30 && stats(&replies[1]).2 <= 64 && stats(&replies[2]).2 <= 16, "{:?}", replies.iter().map(|v| stats(v)).collect::<Vec<_>>());
 }
+
+/// The small family against the real Engine: for each of its ten bugs the
+/// empty patch fails and the gold patch passes (so no test shadows
+/// another and the bug is real).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bug_of_the_small_family_is_valid() {
+    let docker = env::connect().await.expect("Docker Engine reachable");
+    bounded(900, image::ensure_base(&docker)).await.expect("base image");
+    let run = env::new_run_id("test-micro-small");
+    let _guard = RunGuard { run_id: run.clone() };
+    let tasks = micro::family_tasks(micro::Family::Small, SEED, 40, &suite::cache_dir().join("micro")).unwrap();
+    let mut one_per_bug: Vec<Task> = vec![];
+    for t in tasks {
+        let (_, old, _) = micro::fix_of(&t).unwrap();
+        if !one_per_bug.iter().any(|u| micro::fix_of(u).unwrap().1 == old) {
+            one_per_bug.push(t);
+        }
+    }
+    assert_eq!(one_per_bug.len(), 10, "40 draws cover the ten bugs");
+    let pool = Pool::new(docker.clone(), 2, 2);
+    let rows = bounded(900, appliance::env::validate::validate(&pool, &one_per_bug, 1, None, &run, Duration::from_secs(120))).await.unwrap();
+    for r in &rows {
+        assert!(r.valid(), "{:?}", r.problem);
+    }
+    let _ = sandbox::reap_run(&docker, &run).await;
+}

@@ -113,9 +113,8 @@ pub fn system_prompt(cfg: &ScaffoldConfig) -> String {
     let f = &cfg.fence;
     if cfg.prompt == PromptStyle::Brief {
         return format!(
-            "Fix the issue in the repository at /testbed. Reply with one line of reasoning, then ONE command in a {f} block. \
-Tools besides the shell: open FILE [LINE], goto LINE, scroll_down, scroll_up, create FILE, edit START:END <<EOF … EOF, \
-replace 'OLD' 'NEW', search_file TERM [FILE], submit (your git diff is the solution)."
+            "Fix the issue in /testbed. Reply: one line of reasoning, then one command in a {f} block. \
+Tools: open, goto, scroll_down, scroll_up, create, edit, replace, search_file, submit."
         );
     }
     let w = cfg.window_lines;

@@ -39,6 +39,27 @@ pub struct Row {
     pub repeats: usize,
 }
 
+impl Row {
+    /// A row computed from other measurements (a ratio, a share, a
+    /// percentile): one value, no utilization of its own.
+    pub fn derived(suite: &str, name: String, v: f64, unit: &str, repeats: usize) -> Row {
+        Row {
+            suite: suite.into(),
+            name,
+            median: v,
+            min: v,
+            max: v,
+            unit: unit.into(),
+            tokens_per_s: None,
+            util_mean_pct: None,
+            util_peak_pct: None,
+            memory_peak_bytes: None,
+            mfu: None,
+            repeats,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub appliance_version: String,

@@ -127,20 +127,7 @@ pub fn timed_dapo_step(model: &mut Model, opt: &mut AdamW, grads: &mut Weights, 
 }
 
 fn derived(name: String, v: f64, unit: &str, repeats: usize) -> Row {
-    Row {
-        suite: SUITE.into(),
-        name,
-        median: v,
-        min: v,
-        max: v,
-        unit: unit.into(),
-        tokens_per_s: None,
-        util_mean_pct: None,
-        util_peak_pct: None,
-        memory_peak_bytes: None,
-        mfu: None,
-        repeats,
-    }
+    Row::derived(SUITE, name, v, unit, repeats)
 }
 
 /// The rows of one shape, `repeats` timed repeats each (capped by the

@@ -58,20 +58,7 @@ fn env_rows(episodes: &[usize]) -> Result<Vec<bench::Row>> {
         r
     })?;
     eprint!("{}", eb::table(&measured));
-    let row = |name: String, v: f64, unit: &str, repeats: usize| bench::Row {
-        suite: "env".into(),
-        name,
-        median: v,
-        min: v,
-        max: v,
-        unit: unit.into(),
-        tokens_per_s: None,
-        util_mean_pct: None,
-        util_peak_pct: None,
-        memory_peak_bytes: None,
-        mfu: None,
-        repeats,
-    };
+    let row = |name: String, v: f64, unit: &str, repeats: usize| bench::Row::derived("env", name, v, unit, repeats);
     let mut rows = Vec::new();
     for m in &measured {
         let n = m.concurrency;

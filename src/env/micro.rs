@@ -350,6 +350,121 @@ fn draw(template: Template, rng: &mut ChaCha8Rng) -> Bug {
     }
 }
 
+/// A micro task family: how much the tasks vary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// Names, constants, operators and paths drawn from wide lists; every
+    /// task has its own module in one shared repository. Solving a new task
+    /// means copying its path and lines from the issue, which a model
+    /// trained from scratch learns slowly.
+    Wide,
+    /// Ten fixed bugs (two per template) at five fixed paths; only the
+    /// symptoms' arguments are drawn. Tasks are grouped into repositories of
+    /// at most one task per path (one image each). A held-out task repeats a
+    /// bug seen in training with other arguments: what a tiny model trained
+    /// from scratch learns in minutes.
+    Small,
+}
+
+/// The small family's bugs: (template, path, buggy module, old line, new line).
+const SMALL: [(Template, &str, &str, &str, &str); 10] = [
+    (Template::Arith, "calc/arith.py", "def add(a, b):\n    return a - b\n\n\ndef double(a):\n    return a * 2\n", "return a - b", "return a + b"),
+    (Template::Arith, "calc/arith.py", "def times(a, b):\n    return a + b\n\n\ndef double(a):\n    return a * 2\n", "return a + b", "return a * b"),
+    (Template::Constant, "shop/rates.py", "RATE = 3\n\n\ndef cost(n):\n    return n * RATE\n", "RATE = 3", "RATE = 5"),
+    (Template::Constant, "shop/rates.py", "FEE = 2\n\n\ndef charge(n):\n    return n * FEE\n", "FEE = 2", "FEE = 4"),
+    (Template::Compare, "util/checks.py", "def is_small(x):\n    return x < 10\n", "return x < 10", "return x <= 10"),
+    (Template::Compare, "util/checks.py", "def is_big(x):\n    return x >= 10\n", "return x >= 10", "return x > 10"),
+    (Template::String, "text/greet.py", "def greet(name):\n    return \"Helo, \" + name\n", "return \"Helo, \" + name", "return \"Hello, \" + name"),
+    (Template::String, "text/greet.py", "def thank(name):\n    return \"Thanx, \" + name\n", "return \"Thanx, \" + name", "return \"Thanks, \" + name"),
+    (Template::Index, "data/lists.py", "def first(items):\n    return items[1]\n", "return items[1]", "return items[0]"),
+    (Template::Index, "data/lists.py", "def last(items):\n    return items[0]\n", "return items[0]", "return items[-1]"),
+];
+
+/// Bug `k` of the small family with drawn symptom arguments.
+fn draw_small(k: usize, rng: &mut ChaCha8Rng) -> Bug {
+    let (_, _, source, old, new) = SMALL[k];
+    let (x, y) = (rng.gen_range(2..=9i64), rng.gen_range(2..=9i64));
+    let name = *pick(rng, &["Ann", "Bob", "Eve", "Sam", "Zoe", "Max", "Ida", "Tom"]);
+    let list: Vec<i64> = (0..3).map(|i| rng.gen_range(1..=30) + 30 * i).collect();
+    let shown = format!("[{}, {}, {}]", list[0], list[1], list[2]);
+    let (f, call, actual, expected, p2p): (&str, String, String, String, (String, Vec<String>)) = match k {
+        0 => ("add", format!("add({x}, {y})"), (x - y).to_string(), (x + y).to_string(), ("test_double".into(), vec![format!("assert double({x}) == {}", 2 * x)])),
+        1 => ("times", format!("times({x}, {y})"), (x + y).to_string(), (x * y).to_string(), ("test_double".into(), vec![format!("assert double({y}) == {}", 2 * y)])),
+        2 => ("cost", format!("cost({x})"), (3 * x).to_string(), (5 * x).to_string(), ("test_cost_zero".into(), vec!["assert cost(0) == 0".into()])),
+        3 => ("charge", format!("charge({x})"), (2 * x).to_string(), (4 * x).to_string(), ("test_charge_zero".into(), vec!["assert charge(0) == 0".into()])),
+        4 => ("is_small", "is_small(10)".into(), "False".into(), "True".into(), ("test_is_small_away_from_the_limit".into(), vec![format!("assert is_small({x}) is True"), format!("assert is_small({}) is False", 10 + y)])),
+        5 => ("is_big", "is_big(10)".into(), "True".into(), "False".into(), ("test_is_big_away_from_the_limit".into(), vec![format!("assert is_big({}) is True", 10 + y), format!("assert is_big({x}) is False")])),
+        6 => ("greet", format!("greet(\"{name}\")"), format!("Helo, {name}"), format!("Hello, {name}"), ("test_greet_ends_with_name".into(), vec![format!("assert greet(\"{name}\").endswith(\", {name}\")")])),
+        7 => ("thank", format!("thank(\"{name}\")"), format!("Thanx, {name}"), format!("Thanks, {name}"), ("test_thank_ends_with_name".into(), vec![format!("assert thank(\"{name}\").endswith(\", {name}\")")])),
+        8 => ("first", format!("first({shown})"), list[1].to_string(), list[0].to_string(), ("test_first_same".into(), vec![format!("assert first([{x}, {x}, {x}]) == {x}")])),
+        _ => ("last", format!("last({shown})"), list[0].to_string(), list[2].to_string(), ("test_last_same".into(), vec![format!("assert last([{y}, {y}, {y}]) == {y}")])),
+    };
+    let quoted = |v: &str| if SMALL[k].0 == Template::String { format!("\"{v}\"") } else { v.to_string() };
+    let imports = if k <= 1 { vec![f.to_string(), "double".to_string()] } else { vec![f.to_string()] };
+    Bug {
+        source: source.into(),
+        old: old.into(),
+        new: new.into(),
+        f2p: (format!("test_{f}"), vec![format!("assert {call} == {}", quoted(&expected))]),
+        call,
+        actual,
+        expected,
+        imports,
+        p2p,
+    }
+}
+
+/// The first `n` tasks of the small family drawn with `seed`, and the
+/// repository group of each (no two tasks of a group share a path).
+pub fn generate_small(seed: u64, n: usize) -> (Vec<Generated>, Vec<usize>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5A11);
+    let mut out = Vec::with_capacity(n);
+    let mut groups: Vec<HashSet<&'static str>> = vec![];
+    let mut group_of = Vec::with_capacity(n);
+    for index in 0..n {
+        let k = rng.gen_range(0..SMALL.len());
+        let (template, path, ..) = SMALL[k];
+        let g = match groups.iter().position(|used| !used.contains(path)) {
+            Some(g) => g,
+            None => {
+                groups.push(HashSet::new());
+                groups.len() - 1
+            }
+        };
+        groups[g].insert(path);
+        group_of.push(g);
+        let b = draw_small(k, &mut rng);
+        let (pkg, module) = path.trim_end_matches(".py").split_once('/').unwrap_or(("pkg", "module"));
+        let test_path = format!("tests/test_{pkg}_{module}.py");
+        let mut test_source = format!("from {pkg}.{module} import {}\n", b.imports.join(", "));
+        for (name, body) in [&b.f2p, &b.p2p] {
+            let _ = write!(test_source, "\n\ndef {name}():\n");
+            for l in body {
+                let _ = writeln!(test_source, "    {l}");
+            }
+        }
+        out.push(Generated {
+            index,
+            template,
+            instance_id: format!("micro-small-{seed}-{index:04}-{}", template.name()),
+            problem_statement: issue(path, &b, template),
+            fail_to_pass: vec![format!("{test_path}::{}", b.f2p.0)],
+            pass_to_pass: vec![format!("{test_path}::{}", b.p2p.0)],
+            path: path.to_string(),
+            source: b.source,
+            old: b.old,
+            new: b.new,
+            test_path,
+            test_source,
+            call: b.call,
+            actual: b.actual,
+            expected: b.expected,
+        });
+    }
+    (out, group_of)
+}
+
 /// The issue text: the symptom, then the fix in the form the canonical
 /// solution copies from.
 fn issue(path: &str, b: &Bug, template: Template) -> String {
@@ -495,6 +610,48 @@ pub fn micro_tasks(seed: u64, n: usize, root: &Path) -> Result<Vec<Task>> {
         .collect())
 }
 
+/// `n` tasks of `family` drawn with `seed`; their repositories (one for
+/// the wide family, one per group for the small one) written under `root`
+/// when missing.
+pub fn family_tasks(family: Family, seed: u64, n: usize, root: &Path) -> Result<Vec<Task>> {
+    if family == Family::Wide {
+        return micro_tasks(seed, n, root);
+    }
+    if n == 0 {
+        return Ok(vec![]);
+    }
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let (gens, group_of) = generate_small(seed, n);
+    let n_groups = group_of.iter().max().map_or(0, |g| g + 1);
+    let mut repos = Vec::with_capacity(n_groups);
+    for g in 0..n_groups {
+        let members: Vec<Generated> = gens.iter().zip(&group_of).filter(|(_, &k)| k == g).map(|(x, _)| x.clone()).collect();
+        let r = materialize(seed, n, &repo_files(&members), root).with_context(|| format!("writing micro repository {g} (small family, seed {seed}) under {}", root.display()))?;
+        repos.push(r);
+    }
+    Ok(gens
+        .iter()
+        .zip(&group_of)
+        .map(|(g, &k)| Task {
+            instance_id: g.instance_id.clone(),
+            repo: REPO.into(),
+            base_commit: repos[k].1.clone(),
+            problem_statement: g.problem_statement.clone(),
+            patch: g.gold_patch(),
+            test_patch: g.test_patch(),
+            fail_to_pass: g.fail_to_pass.clone(),
+            pass_to_pass: g.pass_to_pass.clone(),
+            version: Some("1.0".into()),
+            image_name: None,
+            test_cmd: None,
+            env_setup: None,
+            repo_path: Some(repos[k].0.clone()),
+        })
+        .collect())
+}
+
 /// Split into (train, held-out): the last `held_out` tasks are held out
 /// (all of them when there are fewer). With tasks in generation order, a
 /// held-out tail of at least five covers every template.
@@ -590,6 +747,36 @@ pub async fn prepare_images(docker: &Docker, tasks: &[Task]) -> Result<Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_small_family_groups_tasks_by_path_and_states_each_fix() {
+        let (gens, group_of) = generate_small(3, 60);
+        assert_eq!(gens.len(), 60);
+        let mut seen: HashSet<(usize, String)> = HashSet::new();
+        for (g, &k) in gens.iter().zip(&group_of) {
+            assert!(seen.insert((k, g.path.clone())), "two tasks of group {k} share {}", g.path);
+            assert_eq!(g.source.matches(&g.old).count(), 1, "{}", g.instance_id);
+            assert_ne!(g.fail_to_pass, g.pass_to_pass, "{}: one test would shadow the other", g.instance_id);
+            let defs = g.test_source.matches("\ndef ").count();
+            assert_eq!(defs, 2, "{}", g.test_source);
+            assert!(g.problem_statement.contains(&format!("Fix: in {} replace '{}' with '{}'.", g.path, g.old, g.new)), "{}", g.problem_statement);
+            assert!(g.fixed_source().contains(&g.new) && !g.old.contains('\'') && !g.new.contains('\''));
+        }
+        // every bug appears, and groups are filled before new ones open
+        let bugs: HashSet<&str> = gens.iter().map(|g| g.old.as_str()).collect();
+        assert_eq!(bugs.len(), SMALL.iter().map(|b| b.3).collect::<HashSet<_>>().len());
+        assert!(group_of.iter().max().unwrap() + 1 <= 60 / 5 + 6);
+        // deterministic, prefix-stable
+        assert_eq!(generate_small(3, 20).0[..], gens[..20]);
+        let d = tempfile::tempdir().unwrap();
+        let tasks = family_tasks(Family::Small, 3, 12, d.path()).unwrap();
+        assert_eq!(tasks.len(), 12);
+        for t in &tasks {
+            let (path, old, new) = fix_of(t).unwrap();
+            let src = std::fs::read_to_string(t.repo_path.as_ref().unwrap().join(&path)).unwrap();
+            assert!(src.contains(&old) && !src.contains(&new), "{}", t.instance_id);
+        }
+    }
 
     #[test]
     fn the_same_seed_gives_the_same_tasks_and_commits() {

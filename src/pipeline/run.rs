@@ -148,7 +148,7 @@ fn load_tasks(cfg: &Config) -> Result<(Vec<Task>, Vec<Task>)> {
     let t = &cfg.train;
     let all = if t.tasks == "micro" {
         let root = crate::env::suite::cache_dir().join("micro");
-        micro::micro_tasks(t.micro_seed, t.micro_tasks, &root)?
+        micro::family_tasks(t.micro_family, t.micro_seed, t.micro_tasks, &root)?
     } else {
         let p = Path::new(&t.tasks);
         crate::env::task::load(p, &Default::default()).with_context(|| format!("train.tasks = {:?}", t.tasks))?.tasks
@@ -219,6 +219,9 @@ struct Run {
     weights_dirty: bool,
     /// Solved trajectories from `rft.from`, read at start.
     extra_rft: Vec<Trajectory>,
+    /// Run time before this process started (from the checkpoint), so
+    /// `t_s` continues across a resume.
+    elapsed_at_start: f64,
 }
 
 /// The trajectories of `rft.from`, read and checked up front: a torn last
@@ -389,7 +392,9 @@ pub fn train(config: Config, opts: &TrainOptions) -> Result<BTreeMap<String, Eva
         t0: Instant::now(),
         weights_dirty: false,
         extra_rft,
+        elapsed_at_start: 0.0,
     };
+    run.elapsed_at_start = run.progress.elapsed_s;
     let r = run.run_units(&plan);
     let _ = run.rt.block_on(sandbox::reap_run(&run.docker, &run.run_id));
     r?;
@@ -404,7 +409,7 @@ impl Run {
     }
 
     fn t_s(&self) -> f64 {
-        self.progress.elapsed_s + self.t0.elapsed().as_secs_f64()
+        self.elapsed_at_start + self.t0.elapsed().as_secs_f64()
     }
 
     /// Append one metrics record: `kind`, `t_s`, then the fields of `v`.
@@ -556,7 +561,7 @@ impl Run {
         let kind = format!("{phase}_step");
         let mut last = Instant::now();
         let (mut first, mut last_loss) = (f64::NAN, f64::NAN);
-        let (t_base, t0) = (self.progress.elapsed_s, self.t0);
+        let (t_base, t0) = (self.elapsed_at_start, self.t0);
         let metrics = &mut self.metrics;
         let mut failed = Ok(());
         rft::train(&mut self.pre.model, &mut opt, examples, rc, |s| {
