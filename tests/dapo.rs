@@ -411,9 +411,12 @@ fn zero_advantage_groups_and_unscored_trajectories_are_not_trained_or_counted() 
 
 #[test]
 fn the_dapo_config_section_is_validated_with_the_file_and_keys() {
+    // The embedded default keeps the method's stage-1 clip range and δ; its
+    // group size is the tiny pipeline's (the method's G = 10 is in the Qwen
+    // configs, checked in config.rs).
     let c = Config::embedded();
     assert_eq!(c.dapo.algorithm(), DapoConfig::default());
-    assert_eq!((c.dapo.eps_low, c.dapo.eps_high, c.dapo.delta, c.dapo.group_size), (0.2, 0.3, 1e-6, 10));
+    assert_eq!((c.dapo.eps_low, c.dapo.eps_high, c.dapo.delta, c.dapo.group_size), (0.2, 0.3, 1e-6, 4));
     let c = Config::from_str_over_default("[dapo]\neps_high = 0.26\nproblems_per_iteration = 100\n", "stage2.toml").unwrap();
     assert_eq!((c.dapo.eps_high, c.dapo.problems_per_iteration), (0.26, 100));
     let e = Config::from_str_over_default("[dapo]\neps_high = 0.1\n", "user.toml").unwrap_err().to_string();
