@@ -88,6 +88,8 @@ concurrency = 1
 lr = 1e-3
 
 [train]
+# the wide family: one repository and image for all 24 tasks
+micro_family = "wide"
 micro_tasks = 24
 held_out = 4
 eval_samples = 1
