@@ -436,31 +436,7 @@ pub fn generate_small(seed: u64, n: usize) -> (Vec<Generated>, Vec<usize>) {
         group_of.push(g);
         let b = draw_small(k, &mut rng);
         let (pkg, module) = path.trim_end_matches(".py").split_once('/').unwrap_or(("pkg", "module"));
-        let test_path = format!("tests/test_{pkg}_{module}.py");
-        let mut test_source = format!("from {pkg}.{module} import {}\n", b.imports.join(", "));
-        for (name, body) in [&b.f2p, &b.p2p] {
-            let _ = write!(test_source, "\n\ndef {name}():\n");
-            for l in body {
-                let _ = writeln!(test_source, "    {l}");
-            }
-        }
-        out.push(Generated {
-            index,
-            template,
-            instance_id: format!("micro-small-{seed}-{index:04}-{}", template.name()),
-            problem_statement: issue(path, &b, template),
-            fail_to_pass: vec![format!("{test_path}::{}", b.f2p.0)],
-            pass_to_pass: vec![format!("{test_path}::{}", b.p2p.0)],
-            path: path.to_string(),
-            source: b.source,
-            old: b.old,
-            new: b.new,
-            test_path,
-            test_source,
-            call: b.call,
-            actual: b.actual,
-            expected: b.expected,
-        });
+        out.push(assemble(index, template, format!("micro-small-{seed}-{index:04}-{}", template.name()), pkg, module, b));
     }
     (out, group_of)
 }
@@ -470,6 +446,37 @@ pub fn generate_small(seed: u64, n: usize) -> (Vec<Generated>, Vec<usize>) {
 fn issue(path: &str, b: &Bug, template: Template) -> String {
     let q = |s: &str| if template == Template::String { format!("\"{s}\"") } else { s.to_string() };
     format!("`{}` returns {} but should return {}.\nFix: in {path} replace '{}' with '{}'.\n", b.call, q(&b.actual), q(&b.expected), b.old, b.new)
+}
+
+/// A drawn bug as a task: its test file (the FAIL_TO_PASS and PASS_TO_PASS
+/// tests) beside `path`, and the issue.
+fn assemble(index: usize, template: Template, instance_id: String, pkg: &str, module: &str, b: Bug) -> Generated {
+    let path = format!("{pkg}/{module}.py");
+    let test_path = format!("tests/test_{pkg}_{module}.py");
+    let mut test_source = format!("from {pkg}.{module} import {}\n", b.imports.join(", "));
+    for (name, body) in [&b.f2p, &b.p2p] {
+        let _ = write!(test_source, "\n\ndef {name}():\n");
+        for l in body {
+            let _ = writeln!(test_source, "    {l}");
+        }
+    }
+    Generated {
+        index,
+        template,
+        instance_id,
+        problem_statement: issue(&path, &b, template),
+        fail_to_pass: vec![format!("{test_path}::{}", b.f2p.0)],
+        pass_to_pass: vec![format!("{test_path}::{}", b.p2p.0)],
+        path,
+        source: b.source,
+        old: b.old,
+        new: b.new,
+        test_path,
+        test_source,
+        call: b.call,
+        actual: b.actual,
+        expected: b.expected,
+    }
 }
 
 /// The first `n` tasks drawn with `seed` (no disk access).
@@ -498,32 +505,7 @@ pub fn generate(seed: u64, n: usize) -> Vec<Generated> {
                 break b;
             }
         };
-        let path = format!("{pkg}/{module}.py");
-        let test_path = format!("tests/test_{pkg}_{module}.py");
-        let mut test_source = format!("from {pkg}.{module} import {}\n", b.imports.join(", "));
-        for (name, body) in [&b.f2p, &b.p2p] {
-            let _ = write!(test_source, "\n\ndef {name}():\n");
-            for l in body {
-                let _ = writeln!(test_source, "    {l}");
-            }
-        }
-        out.push(Generated {
-            index,
-            template,
-            instance_id: format!("micro-{seed}-{index:04}-{}", template.name()),
-            problem_statement: issue(&path, &b, template),
-            fail_to_pass: vec![format!("{test_path}::{}", b.f2p.0)],
-            pass_to_pass: vec![format!("{test_path}::{}", b.p2p.0)],
-            path,
-            source: b.source,
-            old: b.old,
-            new: b.new,
-            test_path,
-            test_source,
-            call: b.call,
-            actual: b.actual,
-            expected: b.expected,
-        });
+        out.push(assemble(index, template, format!("micro-{seed}-{index:04}-{}", template.name()), &pkg, &module, b));
     }
     out
 }
@@ -579,6 +561,25 @@ fn materialize(seed: u64, n: usize, files: &BTreeMap<String, String>, root: &Pat
     Ok((dir, c))
 }
 
+/// A generated task as a task of the repository at `dir`, `base_commit`.
+fn to_task(g: &Generated, dir: &Path, base_commit: &str) -> Task {
+    Task {
+        instance_id: g.instance_id.clone(),
+        repo: REPO.into(),
+        base_commit: base_commit.to_string(),
+        problem_statement: g.problem_statement.clone(),
+        patch: g.gold_patch(),
+        test_patch: g.test_patch(),
+        fail_to_pass: g.fail_to_pass.clone(),
+        pass_to_pass: g.pass_to_pass.clone(),
+        version: Some("1.0".into()),
+        image_name: None,
+        test_cmd: None,
+        env_setup: None,
+        repo_path: Some(dir.to_path_buf()),
+    }
+}
+
 /// `n` micro tasks drawn with `seed`, their repository written under
 /// `root` when missing. All share one repository and base_commit.
 pub fn micro_tasks(seed: u64, n: usize, root: &Path) -> Result<Vec<Task>> {
@@ -592,21 +593,7 @@ pub fn micro_tasks(seed: u64, n: usize, root: &Path) -> Result<Vec<Task>> {
     let (dir, base_commit) = materialize(seed, n, &repo_files(&gens), root).with_context(|| format!("writing the micro tasks' repository (seed {seed}, {n} tasks) under {}", root.display()))?;
     Ok(gens
         .iter()
-        .map(|g| Task {
-            instance_id: g.instance_id.clone(),
-            repo: REPO.into(),
-            base_commit: base_commit.clone(),
-            problem_statement: g.problem_statement.clone(),
-            patch: g.gold_patch(),
-            test_patch: g.test_patch(),
-            fail_to_pass: g.fail_to_pass.clone(),
-            pass_to_pass: g.pass_to_pass.clone(),
-            version: Some("1.0".into()),
-            image_name: None,
-            test_cmd: None,
-            env_setup: None,
-            repo_path: Some(dir.clone()),
-        })
+        .map(|g| to_task(g, &dir, &base_commit))
         .collect())
 }
 
@@ -634,21 +621,7 @@ pub fn family_tasks(family: Family, seed: u64, n: usize, root: &Path) -> Result<
     Ok(gens
         .iter()
         .zip(&group_of)
-        .map(|(g, &k)| Task {
-            instance_id: g.instance_id.clone(),
-            repo: REPO.into(),
-            base_commit: repos[k].1.clone(),
-            problem_statement: g.problem_statement.clone(),
-            patch: g.gold_patch(),
-            test_patch: g.test_patch(),
-            fail_to_pass: g.fail_to_pass.clone(),
-            pass_to_pass: g.pass_to_pass.clone(),
-            version: Some("1.0".into()),
-            image_name: None,
-            test_cmd: None,
-            env_setup: None,
-            repo_path: Some(repos[k].0.clone()),
-        })
+        .map(|(g, &k)| to_task(g, &repos[k].0, &repos[k].1))
         .collect())
 }
 

@@ -750,7 +750,7 @@ impl Run {
             "steps_mean": trajs.iter().map(|t| t.steps() as f64).sum::<f64>() / n,
             "submit_rate": trajs.iter().filter(|t| t.exit == Exit::Submitted).count() as f64 / n,
             "truncated_rate": trajs.iter().filter(|t| t.exit.truncated()).count() as f64 / n,
-            "env_error_rate": trajs.iter().filter(|t| t.exit == Exit::EnvironmentError || (t.reward.is_none() && t.grade.is_some())).count() as f64 / n,
+            "env_error_rate": totals.env_errors as f64 / n,
             "optimizer_steps": steps.len(),
             "entropy": wmean(&|s| s.entropy),
             "clip_low_frac": wmean(&|s| s.clip_low_frac),
