@@ -8,6 +8,7 @@
 pub mod adamw;
 pub mod gradcheck;
 pub mod attention;
+pub mod attention_block;
 pub mod embedding;
 pub mod logprob;
 pub mod matmul;
