@@ -6,6 +6,7 @@
 //! (cuda/*.cu, with CPU references in `backend::cpu`) or device memory.
 
 pub mod checks;
+pub mod flash_attn_bwd;
 
 use crate::device::{Device, DevicePtr, KernelArg::*, LaunchConfig};
 use anyhow::Result;
