@@ -307,6 +307,7 @@ fn cases<'a>(quick: bool) -> Vec<Case<'a>> {
         });
     }
     v.extend(super::flash_attn::cases(quick));
+    v.extend(super::flash_attn_bwd::cases(quick));
     v
 }
 

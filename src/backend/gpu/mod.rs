@@ -7,6 +7,7 @@
 
 pub mod checks;
 pub mod flash_attn;
+pub mod flash_attn_bwd;
 
 use crate::device::{Device, DevicePtr, KernelArg::*, LaunchConfig};
 use anyhow::Result;
