@@ -21,7 +21,9 @@ macro_rules! module {
 
 pub const MODULES: &[PtxModule] = &[
     module!("adamw", ["adamw_step"]),
+    module!("attn_merge", ["attn_merge_fwd", "attn_merge_bwd"]),
     module!("cast", ["f32_to_bf16", "bf16_to_f32"]),
+    module!("decode_attn", ["decode_attn_partial", "decode_attn_combine"]),
     module!("embedding", ["embedding_fwd", "embedding_bwd"]),
     module!("gemm_mma", ["gemm_bf16_tn"]),
     module!("global_norm", ["sum_squares_partial", "sum_partials"]),
