@@ -21,7 +21,9 @@ macro_rules! module {
 
 pub const MODULES: &[PtxModule] = &[
     module!("adamw", ["adamw_step"]),
+    module!("attn_merge", ["attn_merge_fwd", "attn_merge_bwd"]),
     module!("cast", ["f32_to_bf16", "bf16_to_f32"]),
+    module!("decode_attn", ["decode_attn_partial", "decode_attn_combine"]),
     module!("embedding", ["embedding_fwd", "embedding_bwd"]),
     module!("flash_attn_fwd", ["flash_attn_fwd_hd64", "flash_attn_fwd_hd128", "attn_block_fwd_hd64", "attn_block_fwd_hd128"]),
     module!("flash_attn_bwd", ["flash_attn_bwd_preprocess", "flash_attn_bwd_dkdv_hd64", "flash_attn_bwd_dkdv_hd128", "flash_attn_bwd_dq_hd64", "flash_attn_bwd_dq_hd128"]),

@@ -9,6 +9,8 @@ pub mod adamw;
 pub mod gradcheck;
 pub mod attention;
 pub mod attention_block;
+pub mod attention_merge;
+pub mod decode_attention;
 pub mod embedding;
 pub mod logprob;
 pub mod matmul;

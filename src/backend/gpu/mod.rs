@@ -5,9 +5,11 @@
 //! Owns: the launch geometry of each kernel. Does not own the kernels' math
 //! (cuda/*.cu, with CPU references in `backend::cpu`) or device memory.
 
+pub mod attn_merge;
 pub mod checks;
 pub mod flash_attn;
 pub mod flash_attn_bwd;
+pub mod decode_attn;
 
 use crate::device::{Device, DevicePtr, KernelArg::*, LaunchConfig};
 use anyhow::Result;
