@@ -22,9 +22,11 @@ macro_rules! module {
 pub const MODULES: &[PtxModule] = &[
     module!("adamw", ["adamw_step"]),
     module!("cast", ["f32_to_bf16", "bf16_to_f32"]),
+    module!("dapo_loss", ["dapo_loss_partial", "dapo_loss_finalize"]),
     module!("embedding", ["embedding_fwd", "embedding_bwd"]),
     module!("gemm_mma", ["gemm_bf16_tn"]),
     module!("global_norm", ["sum_squares_partial", "sum_partials"]),
+    module!("logprob", ["logprob_entropy_fwd", "logprob_entropy_combine", "logprob_entropy_bwd_dhidden", "logprob_entropy_bwd_dw"]),
     module!("rmsnorm", ["rmsnorm_fwd", "rmsnorm_bwd"]),
     module!("rope", ["rope_fwd", "rope_bwd"]),
     module!("swiglu", ["swiglu_fwd", "swiglu_bwd"]),

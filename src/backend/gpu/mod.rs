@@ -6,6 +6,8 @@
 //! (cuda/*.cu, with CPU references in `backend::cpu`) or device memory.
 
 pub mod checks;
+pub mod dapo_loss;
+pub mod logprob;
 
 use crate::device::{Device, DevicePtr, KernelArg::*, LaunchConfig};
 use anyhow::Result;
