@@ -238,4 +238,16 @@ mod tests {
         assert!(coef.iter().all(|&c| c == 0.0));
         assert_eq!((st.loss, st.n_tokens, st.clip_low, st.clip_high), (0.0, 0, 0, 0));
     }
+
+    /// This module's quick suite cases, on the simulated device.
+    #[test]
+    fn suite_cases_pass_on_the_simulated_device() {
+        let mut dev = SimDevice::new().unwrap();
+        let checks = super::super::checks::run_all(&mut dev, true, Some("dapo_loss"));
+        assert!(checks.len() >= 3);
+        for c in &checks {
+            eprintln!("{} {}: err {:e} tol {:e} {:.2} s {}", c.kernel, c.shape, c.max_err, c.tolerance, c.seconds, c.error.clone().unwrap_or_default());
+        }
+        assert!(checks.iter().all(|c| c.passed));
+    }
 }

@@ -485,4 +485,16 @@ mod tests {
         let got = run_fwd(&mut dev, &h, &w, &bad, d, vocab, None).unwrap();
         assert!(got.0.iter().zip(&bad).all(|(lp, &y)| lp.is_nan() == (y as usize >= vocab)));
     }
+
+    /// This module's quick suite cases, on the simulated device.
+    #[test]
+    fn suite_cases_pass_on_the_simulated_device() {
+        let mut dev = SimDevice::new().unwrap();
+        let checks = super::super::checks::run_all(&mut dev, true, Some("logprob_entropy"));
+        assert!(checks.len() >= 3);
+        for c in &checks {
+            eprintln!("{} {}: err {:e} tol {:e} {:.2} s {}", c.kernel, c.shape, c.max_err, c.tolerance, c.seconds, c.error.clone().unwrap_or_default());
+        }
+        assert!(checks.iter().all(|c| c.passed));
+    }
 }
