@@ -309,6 +309,8 @@ fn cases<'a>(quick: bool) -> Vec<Case<'a>> {
     v.extend(super::flash_attn::cases(quick));
     v.extend(super::flash_attn_bwd::cases(quick));
     v.extend(super::decode_attn::cases(quick).into_iter().chain(super::attn_merge::cases(quick)));
+    v.extend(super::logprob::cases(quick));
+    v.extend(super::dapo_loss::cases(quick));
     v
 }
 

@@ -10,6 +10,8 @@ pub mod checks;
 pub mod flash_attn;
 pub mod flash_attn_bwd;
 pub mod decode_attn;
+pub mod dapo_loss;
+pub mod logprob;
 
 use crate::device::{Device, DevicePtr, KernelArg::*, LaunchConfig};
 use anyhow::Result;
