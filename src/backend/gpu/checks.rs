@@ -28,7 +28,7 @@ pub struct KernelCheck {
     pub error: Option<String>,
 }
 
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+pub(super) fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     if got.len() != want.len() {
         return f64::INFINITY;
     }
@@ -40,17 +40,17 @@ fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     e / scale
 }
 
-fn bf16_bits(v: &[f32]) -> Vec<u16> {
+pub(super) fn bf16_bits(v: &[f32]) -> Vec<u16> {
     v.iter().map(|&x| bf16::from_f32(x).to_bits()).collect()
 }
 
-type CaseFn<'a> = Box<dyn Fn(&mut dyn Device) -> anyhow::Result<f64> + 'a>;
+pub(super) type CaseFn<'a> = Box<dyn Fn(&mut dyn Device) -> anyhow::Result<f64> + 'a>;
 
-struct Case<'a> {
-    kernel: &'static str,
-    shape: String,
-    tol: f64,
-    run: CaseFn<'a>,
+pub(super) struct Case<'a> {
+    pub(super) kernel: &'static str,
+    pub(super) shape: String,
+    pub(super) tol: f64,
+    pub(super) run: CaseFn<'a>,
 }
 
 /// Every case of the suite. `quick` keeps only shapes small enough for the
@@ -306,6 +306,7 @@ fn cases<'a>(quick: bool) -> Vec<Case<'a>> {
             }),
         });
     }
+    v.extend(super::blas::cases(quick));
     v
 }
 

@@ -5,6 +5,7 @@
 //! Owns: the launch geometry of each kernel. Does not own the kernels' math
 //! (cuda/*.cu, with CPU references in `backend::cpu`) or device memory.
 
+pub mod blas;
 pub mod checks;
 
 use crate::device::{Device, DevicePtr, KernelArg::*, LaunchConfig};
