@@ -265,3 +265,33 @@ fn rollout_and_eval_refuse_bad_input_clearly() {
     // nothing was written by the refused rollouts
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"format_version\": \"one\"}\n");
 }
+
+#[test]
+fn plan_prints_the_memory_table_and_refuses_a_bad_model_dir() {
+    let o = run(&["plan", "--preset", "qwen2.5-7b", "--seq", "131072"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    for needle in ["qwen2.5-7b", "131072 tokens", "bf16 weights", "fp32 master weights", "AdamW m", "saved activations", "total", "fits in 80 GiB: no", "saving 148.50 GiB"] {
+        assert!(out.contains(needle), "plan lacks {needle:?}:\n{out}");
+    }
+    // Sharded over 8 GPUs it fits; the JSON carries the same numbers.
+    let o = run(&["plan", "--preset", "qwen2.5-7b", "--seq", "131072", "--gpus", "8", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["tokens"], 131072);
+    assert_eq!(j["fits"], true);
+    assert_eq!(j["fused_loss_saving_bytes"], 131072u64 * 152064 * 8);
+    let sum: u64 = j["components"].as_array().unwrap().iter().map(|c| c["bytes"].as_u64().unwrap()).sum();
+    assert_eq!(j["total_bytes"].as_u64().unwrap(), sum);
+    // A model directory is read for its config.json only.
+    let o = run(&["plan", "--model", shared("fixtures/qwen2-tiny").to_str().unwrap(), "--seq", "64"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("fits in 80 GiB: yes"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&["plan", "--model", dir.path().to_str().unwrap()]);
+    assert_clean_error(&o, &["config.json", "planning memory"]);
+    let o = run(&["plan", "--model", dir.path().join("nope").to_str().unwrap()]);
+    assert_clean_error(&o, &["nope", "not a directory"]);
+    let o = run(&["plan", "--preset", "tiny", "--gpus", "0"]);
+    assert_clean_error(&o, &["at least 1 GPU"]);
+}

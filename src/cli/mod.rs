@@ -12,6 +12,7 @@ mod eval;
 mod generate;
 mod gpus;
 mod import;
+mod plan;
 mod report;
 mod rft;
 mod rollout;
@@ -72,6 +73,8 @@ pub enum Command {
     Serve(serve::Args),
     /// One self-contained HTML page with the training curves of a run directory.
     Report(report::Args),
+    /// The GPU training step's memory plan (bytes per component) for a model, sequence length and batch.
+    Plan(plan::Args),
 }
 
 /// An error that ends the program with a specific exit code.
@@ -139,6 +142,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Some(Command::Import(a)) => import::run(&config, a),
         Some(Command::Serve(a)) => serve::run(&config, a),
         Some(Command::Report(a)) => report::run(a),
+        Some(Command::Plan(a)) => plan::run(&config, a),
     }
 }
 

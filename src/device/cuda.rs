@@ -8,7 +8,7 @@
 //! layer orders work itself). cudarc's loaders panic when a library is
 //! missing, so everything is guarded by `available()` first.
 
-use super::{Device, DevicePtr, KernelArg, LaunchConfig};
+use super::{Device, DevicePtr, Dtype, Gemm, KernelArg, LaunchConfig};
 use crate::kernels::MODULES;
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
@@ -145,31 +145,54 @@ impl Device for CudaDevice {
             .context("kernel launch")
     }
 
-    fn gemm_f32_nt(&mut self, c: DevicePtr, a: DevicePtr, b: DevicePtr, m: usize, n: usize, k: usize) -> Result<()> {
+    fn gemm(&mut self, g: &Gemm, c: DevicePtr, a: DevicePtr, b: DevicePtr) -> Result<()> {
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t as Op, cudaDataType};
+        g.validate()?;
+        if g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
         self.bind()?;
         let blas = self.blas.as_ref().ok_or_else(|| anyhow!("cuBLAS is not available on this machine"))?;
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        // Row-major C = A·B^T is column-major C^T = B·A^T: op(B^T col) = T.
-        // SAFETY: pointers are device allocations of the stated shapes.
+        let ty = |t: Dtype| match t {
+            Dtype::F32 => cudaDataType::CUDA_R_32F,
+            Dtype::Bf16 => cudaDataType::CUDA_R_16BF,
+        };
+        let op = |t: bool| if t { Op::CUBLAS_OP_T } else { Op::CUBLAS_OP_N };
+        // cuBLAS is column-major: a row-major [r, c] buffer is the column-
+        // major [c, r] matrix, its transpose. So row-major C = op(A)·op(B)
+        // is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: cuBLAS's "A" is our B and its
+        // "B" our A, each with its own transpose flag, and (m, n) swapped.
+        // Leading dimensions are the stored row lengths.
+        let ldb_ours = if g.trans_b { g.k } else { g.n };
+        let lda_ours = if g.trans_a { g.m } else { g.k };
+        let (alpha, beta) = (g.alpha, g.beta);
+        // SAFETY: the pointers are device allocations holding the stated
+        // shapes (the callers' contract); alpha and beta are host f32, which
+        // the default host pointer mode and the 32F compute type expect.
         unsafe {
-            cudarc::cublas::result::sgemm(
+            cudarc::cublas::result::gemm_ex(
                 *blas.handle(),
-                cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T,
-                cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N,
-                n as i32,
-                m as i32,
-                k as i32,
-                &alpha,
-                b.0 as *const f32,
-                k as i32,
-                a.0 as *const f32,
-                k as i32,
-                &beta,
-                c.0 as *mut f32,
-                n as i32,
+                op(g.trans_b),
+                op(g.trans_a),
+                g.n as i32,
+                g.m as i32,
+                g.k as i32,
+                &alpha as *const f32 as *const c_void,
+                b.0 as *const c_void,
+                ty(g.ab_type),
+                ldb_ours.max(1) as i32,
+                a.0 as *const c_void,
+                ty(g.ab_type),
+                lda_ours.max(1) as i32,
+                &beta as *const f32 as *const c_void,
+                c.0 as *mut c_void,
+                ty(g.c_type),
+                g.n as i32,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| anyhow!("cublasSgemm {m}x{n}x{k}: {e:?}"))
+        .map_err(|e| anyhow!("cublasGemmEx {g:?}: {e:?}"))
     }
 
     fn synchronize(&mut self) -> Result<()> {

@@ -4,7 +4,8 @@
 //!
 //! Owns: device memory as raw 64-bit pointers, copies, kernel launches by
 //! function name (modules loaded once per device from `kernels::MODULES`),
-//! the f32 GEMM, and synchronization. Does not own what the kernels compute
+//! the GEMM (cuBLAS `cublasGemmEx` on a GPU, the CPU gemm when simulated),
+//! and synchronization. Does not own what the kernels compute
 //! (see `backend::gpu`) or collectives (the parallel layer, later).
 //! Every use of CUDA is guarded: on a machine without a driver, `cuda::
 //! available()` is false and nothing panics.
@@ -49,6 +50,94 @@ pub enum KernelArg {
     F32(f32),
 }
 
+/// Element type of a GEMM operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    Bf16,
+}
+
+impl Dtype {
+    pub fn bytes(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::Bf16 => 2,
+        }
+    }
+}
+
+/// One GEMM: `C[m,n] = alpha·op(A)·op(B) + beta·C`, every matrix row-major
+/// and contiguous, fp32 accumulation. `op(A)` is `[m,k]`: A is stored
+/// `[m,k]`, or `[k,m]` when `trans_a`; `op(B)` is `[k,n]`: B is stored
+/// `[k,n]`, or `[n,k]` when `trans_b` (the flags of `cpu::matmul::matmul`).
+/// A and B share one type (bf16 or f32); C is f32, or bf16 (rounded to
+/// nearest even) when A and B are bf16 — the combinations cuBLAS's
+/// `CUBLAS_COMPUTE_32F` accepts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub ab_type: Dtype,
+    pub c_type: Dtype,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+impl Gemm {
+    /// `C = A·B`, all f32, alpha 1, beta 0.
+    pub fn new(m: usize, n: usize, k: usize) -> Self {
+        Gemm { m, n, k, trans_a: false, trans_b: false, ab_type: Dtype::F32, c_type: Dtype::F32, alpha: 1.0, beta: 0.0 }
+    }
+    pub fn trans_a(mut self, t: bool) -> Self {
+        self.trans_a = t;
+        self
+    }
+    pub fn trans_b(mut self, t: bool) -> Self {
+        self.trans_b = t;
+        self
+    }
+    /// Operand types: A and B, then C.
+    pub fn types(mut self, ab: Dtype, c: Dtype) -> Self {
+        self.ab_type = ab;
+        self.c_type = c;
+        self
+    }
+    pub fn scale(mut self, alpha: f32, beta: f32) -> Self {
+        self.alpha = alpha;
+        self.beta = beta;
+        self
+    }
+
+    /// Reject what no backend computes, before anything touches memory.
+    pub fn validate(&self) -> Result<()> {
+        if self.ab_type == Dtype::F32 && self.c_type == Dtype::Bf16 {
+            anyhow::bail!("gemm {self:?}: f32 inputs with a bf16 output are not supported (cuBLAS's 32F compute needs bf16 inputs for a bf16 output)");
+        }
+        for (name, v) in [("m", self.m), ("n", self.n), ("k", self.k)] {
+            if v > i32::MAX as usize {
+                anyhow::bail!("gemm {self:?}: {name} = {v} does not fit cuBLAS's 32-bit dimensions");
+            }
+        }
+        if !self.alpha.is_finite() || !self.beta.is_finite() {
+            anyhow::bail!("gemm {self:?}: alpha and beta must be finite");
+        }
+        Ok(())
+    }
+
+    /// Elements of A, B and C.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (self.m * self.k, self.k * self.n, self.m * self.n)
+    }
+
+    /// Floating-point operations (2·m·n·k), for benchmarks.
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64
+    }
+}
+
 pub trait Device {
     /// What this device is, for reports ("NVIDIA H100 80GB HBM3", "simulated (PTX interpreter)").
     fn name(&self) -> String;
@@ -57,9 +146,14 @@ pub trait Device {
     fn copy_h2d(&mut self, dst: DevicePtr, src: &[u8]) -> Result<()>;
     fn copy_d2h(&mut self, src: DevicePtr, dst: &mut [u8]) -> Result<()>;
     fn launch(&mut self, function: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()>;
-    /// `c[m,n] = a[m,k] · b[n,k]^T`, f32 row-major (cuBLAS on a GPU, the
-    /// CPU gemm on the simulated device).
-    fn gemm_f32_nt(&mut self, c: DevicePtr, a: DevicePtr, b: DevicePtr, m: usize, n: usize, k: usize) -> Result<()>;
+    /// `c = alpha·op(a)·op(b) + beta·c` as `g` describes (row-major, fp32
+    /// accumulation): cuBLAS on a GPU, the CPU gemm on the simulated device.
+    /// With `beta == 0`, `c` is not read (it may hold NaN), as in cuBLAS.
+    fn gemm(&mut self, g: &Gemm, c: DevicePtr, a: DevicePtr, b: DevicePtr) -> Result<()>;
+    /// `c[m,n] = a[m,k] · b[n,k]^T`, f32 row-major.
+    fn gemm_f32_nt(&mut self, c: DevicePtr, a: DevicePtr, b: DevicePtr, m: usize, n: usize, k: usize) -> Result<()> {
+        self.gemm(&Gemm::new(m, n, k).trans_b(true), c, a, b)
+    }
     fn synchronize(&mut self) -> Result<()>;
     /// The CUstream work is ordered on (NCCL joins it); None when simulated.
     fn raw_stream(&self) -> Option<u64> {

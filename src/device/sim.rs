@@ -1,6 +1,7 @@
 //! The simulated device: the very PTX the binary ships, executed by the
-//! interpreter in crates/ptx-sim on host memory; the f32 GEMM goes to the
-//! CPU `gemm` (what cuBLAS does on a GPU).
+//! interpreter in crates/ptx-sim on host memory; the GEMM goes to the CPU
+//! `gemm` in f32 (what cuBLAS does on a GPU), rounding a bf16 output to
+//! nearest even.
 //!
 //! Design: one `ptx_sim::Memory` for the device's global memory and every
 //! embedded module parsed once at creation; launches are looked up by
@@ -8,7 +9,7 @@
 //! `synchronize` has nothing to wait for. Anything the interpreter does not
 //! support fails loudly with the instruction it met.
 
-use super::{Device, DeviceExt, DevicePtr, KernelArg, LaunchConfig};
+use super::{Device, DeviceExt, DevicePtr, Dtype, Gemm, KernelArg, LaunchConfig};
 use crate::kernels::MODULES;
 use anyhow::{anyhow, Context, Result};
 use std::collections::HashMap;
@@ -78,12 +79,34 @@ impl Device for SimDevice {
         Ok(())
     }
 
-    fn gemm_f32_nt(&mut self, c: DevicePtr, a: DevicePtr, b: DevicePtr, m: usize, n: usize, k: usize) -> Result<()> {
-        let av = self.download_f32(a, m * k)?;
-        let bv = self.download_f32(b, n * k)?;
-        let mut cv = vec![0.0f32; m * n];
-        crate::backend::cpu::matmul::matmul(&mut cv, &av, &bv, m, k, n, false, true, false);
-        self.write_f32(c, &cv)
+    fn gemm(&mut self, g: &Gemm, c: DevicePtr, a: DevicePtr, b: DevicePtr) -> Result<()> {
+        g.validate()?;
+        let (na, nb, nc) = g.sizes();
+        if nc == 0 {
+            return Ok(());
+        }
+        let read = |dev: &mut Self, p: DevicePtr, n: usize, t: Dtype| -> Result<Vec<f32>> {
+            Ok(match t {
+                Dtype::F32 => dev.download_f32(p, n)?,
+                Dtype::Bf16 => dev.download_u16(p, n)?.into_iter().map(|b| half::bf16::from_bits(b).to_f32()).collect(),
+            })
+        };
+        let av = read(self, a, na, g.ab_type).context("gemm: reading A")?;
+        let bv = read(self, b, nb, g.ab_type).context("gemm: reading B")?;
+        let mut cv = vec![0.0f32; nc];
+        crate::backend::cpu::matmul::matmul(&mut cv, &av, &bv, g.m, g.k, g.n, g.trans_a, g.trans_b, false);
+        // beta == 0: C is not read, so garbage (NaN) in it does not leak.
+        let old = if g.beta != 0.0 { Some(read(self, c, nc, g.c_type).context("gemm: reading C")?) } else { None };
+        for (i, v) in cv.iter_mut().enumerate() {
+            *v = g.alpha * *v + old.as_ref().map_or(0.0, |o| g.beta * o[i]);
+        }
+        match g.c_type {
+            Dtype::F32 => self.write_f32(c, &cv),
+            Dtype::Bf16 => {
+                let bytes: Vec<u8> = cv.iter().flat_map(|&v| half::bf16::from_f32(v).to_bits().to_le_bytes()).collect();
+                self.copy_h2d(c, &bytes)
+            }
+        }
     }
 
     fn synchronize(&mut self) -> Result<()> {

@@ -7,6 +7,7 @@
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
+pub mod memory_plan;
 pub mod pretrained;
 pub mod qwen2;
 pub mod tiny;

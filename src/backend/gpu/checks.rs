@@ -311,6 +311,7 @@ fn cases<'a>(quick: bool) -> Vec<Case<'a>> {
     v.extend(super::decode_attn::cases(quick).into_iter().chain(super::attn_merge::cases(quick)));
     v.extend(super::logprob::cases(quick));
     v.extend(super::dapo_loss::cases(quick));
+    v.extend(super::blas::cases(quick));
     v
 }
 

@@ -6,6 +6,7 @@
 //! (cuda/*.cu, with CPU references in `backend::cpu`) or device memory.
 
 pub mod attn_merge;
+pub mod blas;
 pub mod checks;
 pub mod flash_attn;
 pub mod flash_attn_bwd;
