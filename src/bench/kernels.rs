@@ -90,24 +90,6 @@ pub fn run_device(dev: &mut dyn Device, repeats: usize) -> Result<Vec<Row>> {
         dev.synchronize()?;
         Ok(2.0 * (mm * mm * mm) as f64 / 1e9)
     })?);
-    // Flash-attention forward, causal, 2 × 8192 tokens (FLOPs as FlashAttention-2 counts them).
-    for (heads, head_dim) in [(16usize, 128usize), (32, 64)] {
-        let s = AttnShape { heads, kv_heads: heads, head_dim };
-        let lens = [8192usize, 8192];
-        let total: usize = lens.iter().sum();
-        let bits = |seed| -> Vec<u16> { random_vec(total * heads * head_dim, seed).iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect() };
-        let (q, kv) = (dev.upload_u16(&bits(1))?, dev.upload_u16(&bits(2))?);
-        let (o, l) = (dev.zeros(total * heads * head_dim * 2)?, dev.zeros(total * heads * 4)?);
-        let cu = dev.upload_u32(&gpu::flash_attn::cu_seqlens(&lens))?;
-        let flops = gpu::flash_attn::attn_fwd_flops(&lens, s);
-        rows.push(measure("kernels", &format!("flash_attn_fwd causal 2x8192 hd{head_dim} ({label})"), "GFLOP/s", repeats, false, false, || {
-            gpu::flash_attn::flash_attn_fwd(dev, o, l, q, kv, kv, cu, lens.len(), 8192, s)?;
-            dev.synchronize()?;
-            Ok(flops / 1e9)
-        })?);
-        if let (Some(peak), Some(row)) = (crate::monitor::mfu::peak_tflops(&label), rows.last_mut()) {
-            row.mfu = Some(row.median / 1e3 / peak);
-        }
-    }
+    rows.extend(super::attention::run_device(dev, repeats)?);
     Ok(rows)
 }

@@ -8,9 +8,11 @@
 //! only ever reported, as numbers and as ratios against a baseline in the
 //! same run: never asserted.
 
+pub mod attention;
 pub mod kernels;
 pub mod model;
 pub mod rollout;
+pub mod sdpa;
 pub mod train;
 
 use crate::monitor::metrics::{aggregate, Stat};
