@@ -26,7 +26,7 @@ pub const MODULES: &[PtxModule] = &[
     module!("embedding", ["embedding_fwd", "embedding_bwd"]),
     module!("gemm_mma", ["gemm_bf16_tn"]),
     module!("global_norm", ["sum_squares_partial", "sum_partials"]),
-    module!("logprob", ["logprob_entropy_fwd", "logprob_entropy_combine", "logprob_entropy_bwd_dhidden", "logprob_entropy_bwd_dw"]),
+    module!("logprob", ["logprob_entropy_fwd", "logprob_entropy_combine", "logprob_entropy_bwd_dhidden", "logprob_entropy_dhidden_reduce", "logprob_entropy_bwd_dw"]),
     module!("rmsnorm", ["rmsnorm_fwd", "rmsnorm_bwd"]),
     module!("rope", ["rope_fwd", "rope_bwd"]),
     module!("swiglu", ["swiglu_fwd", "swiglu_bwd"]),
