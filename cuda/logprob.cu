@@ -20,14 +20,18 @@
 //
 // Backward: g = dL/dz = dlogp (onehot - p) - dH p (z - E[z]), with
 // p = exp(z - lse) and E[z] = lse - H from the saved forward values. Each
-// backward kernel recomputes a logits tile, turns it into g (rounded to bf16
-// for the tensor cores: a relative error of 2^-9 per element of g, the
-// products and sums stay f32), stores g in shared memory, then multiplies it
-// by 64-wide slices of the other operand, adding into the f32 output rows
-// that the CTA owns. `logprob_entropy_bwd_dhidden` owns 64 rows and loops
-// over the vocabulary (dH = g . W); `logprob_entropy_bwd_dw` owns 64
-// vocabulary rows and loops over the tokens (dW = g^T . H). Each output
-// element has exactly one writer and a fixed summation order: no atomics.
+// backward kernel recomputes two logits tiles, turns them into g (rounded to
+// bf16 for the tensor cores: a relative error of 2^-9 per element of g, the
+// products and sums stay f32), stores g in shared memory (128 deep along the
+// summed dimension, to halve the read-modify-writes of the f32 outputs),
+// then multiplies it by 32-wide slices of the other operand, adding into the
+// f32 output rows that the CTA owns. `logprob_entropy_bwd_dhidden` owns 64 rows and loops
+// over a range of the vocabulary (dH = g . W; the vocabulary is split over
+// the grid's y when there are few row tiles, and the partial sums are added
+// in split order by `logprob_entropy_dhidden_reduce`);
+// `logprob_entropy_bwd_dw` owns 64 vocabulary rows and loops over the
+// tokens (dW = g^T . H). Each output element has exactly one writer and a
+// fixed summation order: no atomics.
 //
 // Requirements (checked by the launchers): d a multiple of 8 (whole 16-byte
 // chunks per row), 16-byte aligned hidden and weight buffers.
@@ -38,8 +42,11 @@
 #define LP_BV 64          // vocabulary entries per tile
 #define LP_BK 32          // hidden elements per pipeline stage
 #define LP_LDK (LP_BK + 8)
-#define LP_BD 64          // hidden slice of the backward products
-#define LP_LDG (LP_BV + 8)
+#define LP_KP 128         // depth of the backward products (two g tiles)
+#define LP_BD 32          // hidden slice of the backward products
+#define LP_LDB (LP_BD + 8)
+#define LP_LDG_H (2 * LP_BV + 8)  // g of dhidden: [64 rows][128 vocabulary]
+#define LP_LDG_W (LP_BV + 8)      // g of dw: [128 rows][64 vocabulary]
 #define LP_THREADS 128
 #define LP_LOG2E 1.4426950408889634f
 #define LP_NEG_INF (-__int_as_float(0x7f800000))
@@ -244,19 +251,23 @@ extern "C" __global__ void logprob_entropy_combine(float* logprob, float* entrop
     logprob[row] = (y >= 0 && y < vocab) ? tz - l : __int_as_float(0x7fffffff);
 }
 
-// Shared memory of the backward: the logits tile's pipeline, g as bf16
-// [64 rows][64 vocab], and one 64 x 64 slice of the other operand.
+// Shared memory of the backward: the logits tile's pipeline, which the
+// product's two stages of 128 x 32 operand slices reuse (they are never
+// live together), and g as bf16: [64 rows][128 vocab] for dhidden,
+// [128 rows][64 vocab] for dw.
 struct LpBwdSmem {
-    LpTileSmem tile;
-    __nv_bfloat16 g[LP_BM][LP_LDG];
-    __nv_bfloat16 b[64][LP_BD + 8];
+    union {
+        LpTileSmem tile;
+        __nv_bfloat16 b[2][LP_KP][LP_LDB];
+    };
+    __nv_bfloat16 g[LP_KP * LP_LDG_W];
 };
 
 // Recompute the logits of rows [r0, r0+64) x vocabulary [v0, v0+64) and
-// store g = dL/dz (bf16) in sm.g; zero outside the matrix.
-APPLIANCE_INLINE void lp_grad_tile(LpBwdSmem& sm, const __nv_bfloat16* H, const __nv_bfloat16* W, const int* targets,
-                                   const float* dlogp, const float* dent, const float* lse, const float* ent, int n, int d,
-                                   int vocab, int r0, int v0) {
+// store g = dL/dz (bf16) at gt (row stride ldg); zero outside the matrix.
+APPLIANCE_INLINE void lp_grad_tile(LpBwdSmem& sm, __nv_bfloat16* gt, int ldg, const __nv_bfloat16* H, const __nv_bfloat16* W,
+                                   const int* targets, const float* dlogp, const float* dent, const float* lse,
+                                   const float* ent, int n, int d, int vocab, int r0, int v0) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float acc[8][4];
     lp_logits_tile(acc, sm.tile, H, W, n, d, vocab, r0, v0);
@@ -278,47 +289,59 @@ APPLIANCE_INLINE void lp_grad_tile(LpBwdSmem& sm, const __nv_bfloat16* H, const 
                 float g = gl * ((col == y ? 1.0f : 0.0f) - p) - ge * p * (z - ez);
                 g2[e] = (ok && col < vocab) ? g : 0.0f;
             }
-            *reinterpret_cast<__nv_bfloat162*>(&sm.g[lr][lc]) = __floats2bfloat162_rn(g2[0], g2[1]);
+            *reinterpret_cast<__nv_bfloat162*>(&gt[lr * ldg + lc]) = __floats2bfloat162_rn(g2[0], g2[1]);
         }
     }
     __syncthreads();
 }
 
-// out[o0 + 0..64, :] (+)= A . B where this CTA's g tile gives A (as g for
-// dhidden, as g^T for dw) and B = src[k0 + 0..64, :] (K x d, row-major),
-// streamed in 64-wide slices of d. Each thread updates the same output
-// elements every call: the caller's loop order is the summation order.
+// out[o0 + 0..64, :] (+)= A . B where sm.g gives A (as g for dhidden, as
+// g^T for dw; 128 deep) and B = src[k0 + 0..128, :] (K x d, row-major),
+// streamed in 32-wide slices of d through two cp.async stages. Each thread
+// updates the same output elements every call: the caller's loop order is
+// the summation order.
 template <bool DW>
 APPLIANCE_INLINE void lp_product(LpBwdSmem& sm, float* out, int out_rows, const __nv_bfloat16* src, int src_rows, int d,
                                  int o0, int k0, bool overwrite) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int c0 = 0; c0 < d; c0 += LP_BD) {
-        lp_stage<64, LP_BD, LP_BD + 8>(&sm.b[0][0], src, src_rows, d, k0, c0);
-        asm volatile("cp.async.commit_group;\n" ::);
-        asm volatile("cp.async.wait_group 0;\n" ::);
+    int slices = (d + LP_BD - 1) / LP_BD;
+    // A fragments of g are the same for every slice: load them once.
+    unsigned a[LP_KP / 16][4];
+    for (int ks = 0; ks < LP_KP / 16; ++ks) {
+        if (DW) {
+            // A = g^T: rows of sm.g are K, columns are this warp's 16 output rows.
+            lp_ldsm_x4_t(a[ks], &sm.g[(ks * 16 + (lane & 7) + (lane >> 4) * 8) * LP_LDG_W + warp * 16 + ((lane >> 3) & 1) * 8]);
+        } else {
+            lp_ldsm_x4(a[ks], &sm.g[(warp * 16 + (lane & 15)) * LP_LDG_H + ks * 16 + (lane >> 4) * 8]);
+        }
+    }
+    lp_stage<LP_KP, LP_BD, LP_LDB>(&sm.b[0][0][0], src, src_rows, d, k0, 0);
+    asm volatile("cp.async.commit_group;\n" ::);
+    for (int sl = 0; sl < slices; ++sl) {
+        int c0 = sl * LP_BD, buf = sl & 1;
+        if (sl + 1 < slices) {
+            lp_stage<LP_KP, LP_BD, LP_LDB>(&sm.b[buf ^ 1][0][0], src, src_rows, d, k0, c0 + LP_BD);
+            asm volatile("cp.async.commit_group;\n" ::);
+            asm volatile("cp.async.wait_group 1;\n" ::);
+        } else {
+            asm volatile("cp.async.wait_group 0;\n" ::);
+        }
         __syncthreads();
-        float acc[8][4];
-        for (int j = 0; j < 8; ++j)
+        float acc[LP_BD / 8][4];
+        for (int j = 0; j < LP_BD / 8; ++j)
             for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
-        for (int ks = 0; ks < 4; ++ks) {
-            unsigned a[4];
-            if (DW) {
-                // A = g^T: rows of sm.g are K, columns are this warp's 16 output rows.
-                lp_ldsm_x4_t(a, &sm.g[ks * 16 + (lane & 7) + (lane >> 4) * 8][warp * 16 + ((lane >> 3) & 1) * 8]);
-            } else {
-                lp_ldsm_x4(a, &sm.g[warp * 16 + (lane & 15)][ks * 16 + (lane >> 4) * 8]);
-            }
-            for (int j = 0; j < 8; j += 2) {
+        for (int ks = 0; ks < LP_KP / 16; ++ks) {
+            for (int j = 0; j < LP_BD / 8; j += 2) {
                 unsigned b[4];
-                lp_ldsm_x4_t(b, &sm.b[ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][j * 8 + (lane >> 4) * 8]);
-                lp_mma(acc[j], a, b[0], b[1]);
-                lp_mma(acc[j + 1], a, b[2], b[3]);
+                lp_ldsm_x4_t(b, &sm.b[buf][ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8][j * 8 + (lane >> 4) * 8]);
+                lp_mma(acc[j], a[ks], b[0], b[1]);
+                lp_mma(acc[j + 1], a[ks], b[2], b[3]);
             }
         }
         for (int half = 0; half < 2; ++half) {
             int r = o0 + warp * 16 + (lane >> 2) + half * 8;
             if (r >= out_rows) continue;
-            for (int j = 0; j < 8; ++j) {
+            for (int j = 0; j < LP_BD / 8; ++j) {
                 int c = c0 + j * 8 + (lane & 3) * 2;
                 if (c >= d) continue;  // d % 8 == 0: both columns are in or out together
                 float2* p = reinterpret_cast<float2*>(out + (long long)r * d + c);
@@ -334,31 +357,51 @@ APPLIANCE_INLINE void lp_product(LpBwdSmem& sm, float* out, int out_rows, const 
     }
 }
 
-// dhidden[n, d] = sum over vocabulary tiles of g . W (overwrites dhidden).
+// dhidden[n, d] = sum over vocabulary tiles of g . W, two tiles (128
+// entries) per product. The grid's y splits the vocabulary
+// (tiles_per_split tiles each, even) so that few row tiles still fill the
+// GPU: split 0 writes dhidden, split k > 0 writes partial[k-1] ([n, d] f32
+// each), and logprob_entropy_dhidden_reduce adds the partials in split order.
 extern "C" __global__ void __launch_bounds__(LP_THREADS, 2) logprob_entropy_bwd_dhidden(
-    float* dhidden, const __nv_bfloat16* H, const __nv_bfloat16* W, const int* targets, const float* dlogp,
-    const float* dent, const float* lse, const float* ent, int n, int d, int vocab) {
+    float* dhidden, float* partial, const __nv_bfloat16* H, const __nv_bfloat16* W, const int* targets,
+    const float* dlogp, const float* dent, const float* lse, const float* ent, int n, int d, int vocab,
+    int tiles_per_split) {
     __shared__ __align__(16) LpBwdSmem sm;
     int r0 = blockIdx.x * LP_BM;
-    int vtiles = (vocab + LP_BV - 1) / LP_BV;
-    for (int vt = 0; vt < vtiles; ++vt) {
-        int v0 = vt * LP_BV;
-        lp_grad_tile(sm, H, W, targets, dlogp, dent, lse, ent, n, d, vocab, r0, v0);
-        lp_product<false>(sm, dhidden, n, W, vocab, d, r0, v0, vt == 0);
+    int split = blockIdx.y;
+    float* out = split == 0 ? dhidden : partial + (long long)(split - 1) * n * d;
+    int vt_begin = split * tiles_per_split;
+    int vt_end = min(vt_begin + tiles_per_split, (vocab + LP_BV - 1) / LP_BV);
+    for (int vt = vt_begin; vt < vt_end; vt += 2) {
+        // The second tile lies past the vocabulary at most (g = 0 there):
+        // tiles_per_split is even.
+        for (int t = 0; t < 2; ++t)
+            lp_grad_tile(sm, sm.g + t * LP_BV, LP_LDG_H, H, W, targets, dlogp, dent, lse, ent, n, d, vocab, r0, (vt + t) * LP_BV);
+        lp_product<false>(sm, out, n, W, vocab, d, r0, vt * LP_BV, vt == vt_begin);
     }
 }
 
-// dw[vocab, d] (+)= sum over row tiles of g^T . H; `accumulate` = 0
-// overwrites. With n == 0 the single (empty) row tile writes zeros.
+// dhidden[i] += partial[0][i] + partial[1][i] + ... (in this order), i < count.
+extern "C" __global__ void logprob_entropy_dhidden_reduce(float* dhidden, const float* partial, long long count, int parts) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (long long)gridDim.x * blockDim.x) {
+        float v = dhidden[i];
+        for (int k = 0; k < parts; ++k) v += partial[(long long)k * count + i];
+        dhidden[i] = v;
+    }
+}
+
+// dw[vocab, d] (+)= sum over row tiles of g^T . H, two row tiles (128
+// tokens) per product; `accumulate` = 0 overwrites. With n == 0 the single
+// (empty) pair of row tiles writes zeros.
 extern "C" __global__ void __launch_bounds__(LP_THREADS, 2) logprob_entropy_bwd_dw(
     float* dw, const __nv_bfloat16* H, const __nv_bfloat16* W, const int* targets, const float* dlogp, const float* dent,
     const float* lse, const float* ent, int n, int d, int vocab, int accumulate) {
     __shared__ __align__(16) LpBwdSmem sm;
     int v0 = blockIdx.x * LP_BV;
     int rtiles = max((n + LP_BM - 1) / LP_BM, 1);
-    for (int rt = 0; rt < rtiles; ++rt) {
-        int r0 = rt * LP_BM;
-        lp_grad_tile(sm, H, W, targets, dlogp, dent, lse, ent, n, d, vocab, r0, v0);
-        lp_product<true>(sm, dw, vocab, H, n, d, v0, r0, rt == 0 && !accumulate);
+    for (int rt = 0; rt < rtiles; rt += 2) {
+        for (int t = 0; t < 2; ++t)
+            lp_grad_tile(sm, sm.g + t * LP_BM * LP_LDG_W, LP_LDG_W, H, W, targets, dlogp, dent, lse, ent, n, d, vocab, (rt + t) * LP_BM, v0);
+        lp_product<true>(sm, dw, vocab, H, n, d, v0, rt * LP_BM, rt == 0 && !accumulate);
     }
 }
