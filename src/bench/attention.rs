@@ -169,9 +169,10 @@ pub fn run_device(dev: &mut dyn Device, repeats: usize) -> Result<Vec<Row>> {
     rows.push(Row::derived("kernels", format!("fused logprob+entropy fwd time, {n} tok"), fwd_s * 1e3, "ms", repeats));
     let g = gpu::logprob::LogprobGrads { dlogprob: dev.upload_f32(&random_vec(n, 10))?, dentropy: dev.upload_f32(&random_vec(n, 11))?, lse: out.lse, entropy: out.entropy };
     let (dh, dw) = (dev.zeros(n * d * 4)?, dev.zeros(vocab * d * 4)?);
+    let bws = dev.zeros(gpu::logprob::bwd_workspace_bytes(n, d, vocab))?;
     let bwd_flops = gpu::logprob::bwd_flops(n, d, vocab);
     let r = measure("kernels", &format!("fused logprob+entropy bwd {n} tok d{d} vocab {vocab} ({gpu_name})"), "TFLOP/s", repeats, false, false, || {
-        gpu::logprob::logprob_entropy_bwd(dev, dh, dw, hidden, w, targets, &g, n, d, vocab, false)?;
+        gpu::logprob::logprob_entropy_bwd(dev, dh, dw, hidden, w, targets, &g, n, d, vocab, false, bws)?;
         dev.synchronize()?;
         Ok(bwd_flops / 1e12)
     })?;
@@ -181,7 +182,7 @@ pub fn run_device(dev: &mut dyn Device, repeats: usize) -> Result<Vec<Row>> {
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     rows.push(Row::derived("kernels", format!("fused loss buffers, {n} tok vocab {vocab}"), gib(gpu::logprob::fused_loss_bytes(n, d, vocab)), "GiB", 1));
     rows.push(Row::derived("kernels", format!("materialized f32 logits, {n} tok vocab {vocab}"), gib(gpu::logprob::naive_logits_bytes(n, vocab)), "GiB", 1));
-    for p in [hidden, w, targets, out.logprob, out.entropy, out.lse, ws, g.dlogprob, g.dentropy, dh, dw] {
+    for p in [hidden, w, targets, out.logprob, out.entropy, out.lse, ws, g.dlogprob, g.dentropy, dh, dw, bws] {
         dev.free(p)?;
     }
     Ok(rows)
