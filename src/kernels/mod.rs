@@ -23,7 +23,7 @@ pub const MODULES: &[PtxModule] = &[
     module!("adamw", ["adamw_step"]),
     module!("cast", ["f32_to_bf16", "bf16_to_f32"]),
     module!("embedding", ["embedding_fwd", "embedding_bwd"]),
-    module!("flash_attn_bwd", ["flash_attn_bwd_preprocess", "flash_attn_bwd_dkdv_hd64", "flash_attn_bwd_dkdv_hd128", "flash_attn_bwd_dq_hd64", "flash_attn_bwd_dq_hd128"]),
+    module!("flash_attn_bwd", ["flash_attn_bwd_preprocess", "flash_attn_bwd_dkdv_hd64", "flash_attn_bwd_dkdv_hd128", "flash_attn_bwd_dq_hd64", "flash_attn_bwd_dq_hd128", "attn_block_bwd_dkdv_hd64", "attn_block_bwd_dkdv_hd128", "attn_block_bwd_dq_hd64", "attn_block_bwd_dq_hd128"]),
     module!("gemm_mma", ["gemm_bf16_tn"]),
     module!("global_norm", ["sum_squares_partial", "sum_partials"]),
     module!("rmsnorm", ["rmsnorm_fwd", "rmsnorm_bwd"]),

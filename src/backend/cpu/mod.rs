@@ -8,6 +8,7 @@
 pub mod adamw;
 pub mod gradcheck;
 pub mod attention;
+pub mod attn_block_bwd;
 pub mod embedding;
 pub mod logprob;
 pub mod matmul;
