@@ -327,8 +327,8 @@ fn bwd_error(dev: &mut dyn Device, seq_lens: &[usize], gpu_lens: &[usize], s: At
 /// dV/dK/dQ products; the rounding errors of the terms of a sum are
 /// independent, but sums of signed terms cancel, so relative to the largest
 /// gradient entry the error runs at about one 2⁻⁹ (measured on the simulated
-/// device: 1.3e-3 to 2.5e-3 on the quick shapes). 1e-2 (4× the worst
-/// measured) leaves room for the longer sums of the big shapes without
+/// device: 1.3e-3 to 2.5e-3 on the quick varlen shapes, 3.3e-3 on the ring
+/// blocks). 1e-2 (3× the worst measured) leaves room for the longer sums of the big shapes without
 /// hiding real bugs: a mask, index or layout error moves gradients by O(1)
 /// relative (the packing test below sees > 10× the tolerance).
 pub const BWD_TOL: f64 = 1e-2;
@@ -463,7 +463,7 @@ pub fn bench_flash_attn_bwd(dev: &mut dyn Device, seq_lens: &[usize], s: AttnSha
     let (q, k, v) = (dev.upload_u16(&bits(qn, 1))?, dev.upload_u16(&bits(kvn, 2))?, dev.upload_u16(&bits(kvn, 3))?);
     let (dout, out) = (dev.upload_u16(&bits(qn, 4))?, dev.upload_u16(&bits(qn, 5))?);
     // A plausible LSE (ln of the row's key count) keeps exp() in range.
-    let lse: Vec<f32> = seq_lens.iter().flat_map(|&l| (0..l).flat_map(move |t| std::iter::repeat(((t + 1) as f32).ln()).take(s.heads))).collect();
+    let lse: Vec<f32> = seq_lens.iter().flat_map(|&l| (0..l).flat_map(move |t| std::iter::repeat_n(((t + 1) as f32).ln(), s.heads))).collect();
     let lse = dev.upload_f32(&lse)?;
     let cu_d = dev.upload_u32(&cu)?;
     let (dq, dk, dv) = (dev.zeros(qn * 4)?, dev.zeros(kvn * 4)?, dev.zeros(kvn * 4)?);
