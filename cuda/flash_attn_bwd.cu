@@ -20,6 +20,13 @@
 //  * flash_attn_bwd_dq_hd{64,128}: the deterministic dQ: a CTA owns 64
 //    queries of one head and loops over the key tiles it can see, dQ =
 //    scale·dS K, written once without atomics (bit-reproducible).
+//  * attn_block_bwd_{dkdv,dq}_hd{64,128}: the ring building block's
+//    backward, the same two tile bodies on one query block against one
+//    key/value block with a position shift and an optional causal mask,
+//    given the final (global) LSE and D.
+// Both families share one tile body per kernel, parameterized by a Geom:
+// where the query and key rows start in their buffers, how many there are,
+// and which (key, query) pairs are visible.
 // Tensor cores: mma.sync m16n8k16 bf16 -> f32, operands through ldmatrix
 // (.trans where the operand is stored k-major), tiles staged with cp.async
 // with zero fill past the sequence end; masking handles causality, ragged
@@ -38,6 +45,7 @@ typedef __nv_bfloat16 bf16;
 
 #define NTHREADS 128
 #define LOG2E 1.4426950408889634f
+#define F32_INF __int_as_float(0x7f800000)
 
 APPLIANCE_INLINE unsigned smem_u32(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
 
@@ -96,50 +104,84 @@ APPLIANCE_INLINE void cp_async_wait_all() {
     asm volatile("cp.async.wait_group 0;\n" ::);
 }
 
+// Which rows a CTA works on: query rows q_row0.. (lq of them) and key rows
+// k_row0.. (lk) of the packed buffers; key j is visible to query i iff
+// j < lk, i < lq and, when causal, j <= i + shift (shift = q_pos0 − k_pos0).
+struct Geom {
+    int q_row0, k_row0, lq, lk, shift, causal;
+    APPLIANCE_INLINE bool visible(int i, int j) const { return i < lq && j < lk && (!causal || j <= i + shift); }
+};
+
+// LSE of a query row pre-scaled by log2(e); +inf for padding rows and rows
+// with no visible key at all (LSE = -inf), so their P underflows to 0.
+APPLIANCE_INLINE float lse_log2(const float* lse, long long idx, bool ok) {
+    float l = ok ? lse[idx] : -F32_INF;
+    return l == -F32_INF ? F32_INF : l * LOG2E;
+}
+
 // D[row] = dO[row]·O[row] for rows = total*heads rows of hd; one warp per row.
-// With dq non-null, that row of dq is zeroed (the atomic dQ accumulates into it).
+// With dq non-null, that row of dq is zeroed (the atomic dQ accumulates into
+// it); with delta null, only that is done.
 extern "C" __global__ void flash_attn_bwd_preprocess(float* delta, float* dq, const bf16* dout, const bf16* out, int rows,
                                                      int hd) {
     int lane = threadIdx.x & 31;
     long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= rows) return;
-    const bf16* a = dout + row * hd;
-    const bf16* o = out + row * hd;
-    float s = 0.0f;
-    for (int i = lane; i < hd; i += 32) s += __bfloat162float(a[i]) * __bfloat162float(o[i]);
-    s = warp_sum(s);
-    if (lane == 0) delta[row] = s;
+    if (delta) {
+        const bf16* a = dout + row * hd;
+        const bf16* o = out + row * hd;
+        float s = 0.0f;
+        for (int i = lane; i < hd; i += 32) s += __bfloat162float(a[i]) * __bfloat162float(o[i]);
+        s = warp_sum(s);
+        if (lane == 0) delta[row] = s;
+    }
     if (dq)
         for (int i = lane; i < hd; i += 32) dq[row * hd + i] = 0.0f;
 }
 
-// dK, dV (and, with dq non-null, dQ by atomics) for one 64-key tile of one kv
-// head. Grid: (ceil(max_seqlen / 64), batch, kv_heads).
+// Shared memory of a dK/dV CTA. Declared in each kernel (not in the shared
+// tile body) so that it is kernel-scope .shared in the PTX: a body used by
+// two kernels would otherwise get module-scope buffers.
 template <int HD, int BR>
-APPLIANCE_INLINE void dkdv_tile(float* dk, float* dv, float* dq, const bf16* q, const bf16* k, const bf16* v,
-                                const bf16* dout, const float* lse, const float* delta, const int* cu, int heads,
-                                int kv_heads, float scale) {
+struct DkdvSmem {
+    __align__(16) bf16 K[64 * (HD + 8)];
+    __align__(16) bf16 V[64 * (HD + 8)];
+    __align__(16) bf16 Q[BR * (HD + 8)];
+    __align__(16) bf16 dO[BR * (HD + 8)];
+    __align__(16) bf16 dS[64 * (BR + 8)];
+    float L[BR], D[BR];
+};
+
+template <int HD, int BK>
+struct DqSmem {
+    __align__(16) bf16 Q[64 * (HD + 8)];
+    __align__(16) bf16 dO[64 * (HD + 8)];
+    __align__(16) bf16 K[BK * (HD + 8)];
+    __align__(16) bf16 V[BK * (HD + 8)];
+    float L[64], D[64];
+};
+
+// dK, dV (and, with dq non-null, dQ by atomics) for the 64-key tile k0 of
+// kv head g.
+template <int HD, int BR>
+APPLIANCE_INLINE void dkdv_tile(DkdvSmem<HD, BR>& sm, float* dk, float* dv, float* dq, const bf16* q, const bf16* k,
+                                const bf16* v, const bf16* dout, const float* lse, const float* delta, const Geom G,
+                                int k0, int g, int heads, int kv_heads, float scale) {
     constexpr int BC = 64, LD = HD + 8, LDS = BR + 8;
     static_assert(BR % 16 == 0 && BR <= 64, "query tile");
-    __shared__ __align__(16) bf16 sK[BC * LD];
-    __shared__ __align__(16) bf16 sV[BC * LD];
-    __shared__ __align__(16) bf16 sQ[BR * LD];
-    __shared__ __align__(16) bf16 sdO[BR * LD];
-    __shared__ __align__(16) bf16 sdS[BC * LDS];
-    __shared__ float sL[BR], sD[BR];
+    bf16 *sK = sm.K, *sV = sm.V, *sQ = sm.Q, *sdO = sm.dO, *sdS = sm.dS;
+    float *sL = sm.L, *sD = sm.D;
 
-    const int b = blockIdx.y, g = blockIdx.z;
-    const int start = cu[b], len = cu[b + 1] - start;
-    if (blockIdx.x == 0 && threadIdx.x == 0 && len > (int)gridDim.x * BC) __trap();  // max_seqlen too small
-    const int k0 = blockIdx.x * BC;
-    if (k0 >= len) return;
+    if (k0 >= G.lk) return;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = heads / kv_heads;
     const long long qs = (long long)heads * HD, kvs = (long long)kv_heads * HD;
     const float sl2 = scale * LOG2E;
+    // First query tile that can see a key of this tile.
+    const int qfirst = G.causal ? max(0, k0 - G.shift) / BR * BR : 0;
 
-    stage_rows<BC, HD, LD>(sK, k + (start + k0) * kvs + g * HD, kvs, len - k0);
-    stage_rows<BC, HD, LD>(sV, v + (start + k0) * kvs + g * HD, kvs, len - k0);
+    stage_rows<BC, HD, LD>(sK, k + (long long)(G.k_row0 + k0) * kvs + g * HD, kvs, G.lk - k0);
+    stage_rows<BC, HD, LD>(sV, v + (long long)(G.k_row0 + k0) * kvs + g * HD, kvs, G.lk - k0);
 
     float acc_k[HD / 8][4], acc_v[HD / 8][4];
 #pragma unroll
@@ -149,15 +191,16 @@ APPLIANCE_INLINE void dkdv_tile(float* dk, float* dv, float* dq, const bf16* q, 
 
     for (int hh = 0; hh < grp; ++hh) {
         const int h = g * grp + hh;
-        for (int q0 = k0; q0 < len; q0 += BR) {
+        for (int q0 = qfirst; q0 < G.lq; q0 += BR) {
             __syncthreads();  // the previous tile is no longer read
-            stage_rows<BR, HD, LD>(sQ, q + (start + q0) * qs + h * HD, qs, len - q0);
-            stage_rows<BR, HD, LD>(sdO, dout + (start + q0) * qs + h * HD, qs, len - q0);
+            stage_rows<BR, HD, LD>(sQ, q + (long long)(G.q_row0 + q0) * qs + h * HD, qs, G.lq - q0);
+            stage_rows<BR, HD, LD>(sdO, dout + (long long)(G.q_row0 + q0) * qs + h * HD, qs, G.lq - q0);
             if (threadIdx.x < BR) {
                 int t = q0 + threadIdx.x;
-                bool ok = t < len;
-                sL[threadIdx.x] = ok ? lse[(long long)(start + t) * heads + h] * LOG2E : 0.0f;
-                sD[threadIdx.x] = ok ? delta[(long long)(start + t) * heads + h] : 0.0f;
+                bool ok = t < G.lq;
+                long long idx = (long long)(G.q_row0 + t) * heads + h;
+                sL[threadIdx.x] = lse_log2(lse, idx, ok);
+                sD[threadIdx.x] = ok ? delta[idx] : 0.0f;
             }
             cp_async_wait_all();
             __syncthreads();
@@ -192,7 +235,7 @@ APPLIANCE_INLINE void dkdv_tile(float* dk, float* dv, float* dq, const bf16* q, 
                 for (int e = 0; e < 4; ++e) {
                     const int kr = k0 + warp * 16 + (lane >> 2) + (e >> 1) * 8;
                     const int qi = j * 8 + (lane & 3) * 2 + (e & 1);
-                    const bool vis = kr <= q0 + qi && q0 + qi < len;
+                    const bool vis = G.visible(q0 + qi, kr);
                     const float p = vis ? exp2f(s[j][e] * sl2 - sL[qi]) : 0.0f;
                     s[j][e] = p;
                     dp[j][e] = p * (dp[j][e] - sD[qi]);
@@ -249,7 +292,7 @@ APPLIANCE_INLINE void dkdv_tile(float* dk, float* dv, float* dq, const bf16* q, 
                     for (int e = 0; e < 4; ++e) {
                         const int r = q0 + wr + (lane >> 2) + (e >> 1) * 8;
                         const int c = wc + n * 8 + (lane & 3) * 2 + (e & 1);
-                        if (r < len) atomicAdd(&dq[(start + r) * qs + h * HD + c], acc[n][e] * scale);
+                        if (r < G.lq) atomicAdd(&dq[(G.q_row0 + r) * qs + h * HD + c], acc[n][e] * scale);
                     }
             }
         }
@@ -261,44 +304,38 @@ APPLIANCE_INLINE void dkdv_tile(float* dk, float* dv, float* dq, const bf16* q, 
         for (int half = 0; half < 2; ++half) {
             const int kr = k0 + warp * 16 + (lane >> 2) + half * 8;
             const int c = n * 8 + (lane & 3) * 2;
-            if (kr < len) {
-                const long long o = (start + kr) * kvs + g * HD + c;
+            if (kr < G.lk) {
+                const long long o = (G.k_row0 + kr) * kvs + g * HD + c;
                 *reinterpret_cast<float2*>(&dk[o]) = make_float2(acc_k[n][2 * half] * scale, acc_k[n][2 * half + 1] * scale);
                 *reinterpret_cast<float2*>(&dv[o]) = make_float2(acc_v[n][2 * half], acc_v[n][2 * half + 1]);
             }
         }
 }
 
-// Deterministic dQ for one 64-query tile of one head. Grid: (ceil(max_seqlen /
-// 64), batch, heads).
+// Deterministic dQ for the 64-query tile q0 of head h.
 template <int HD, int BK>
-APPLIANCE_INLINE void dq_tile(float* dq, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
-                              const float* delta, const int* cu, int heads, int kv_heads, float scale) {
+APPLIANCE_INLINE void dq_tile(DqSmem<HD, BK>& sm, float* dq, const bf16* q, const bf16* k, const bf16* v,
+                              const bf16* dout, const float* lse, const float* delta, const Geom G, int q0, int h,
+                              int heads, int kv_heads, float scale) {
     constexpr int BQ = 64, LD = HD + 8;
     static_assert(BK % 16 == 0 && BK <= 64, "key tile");
-    __shared__ __align__(16) bf16 sQ[BQ * LD];
-    __shared__ __align__(16) bf16 sdO[BQ * LD];
-    __shared__ __align__(16) bf16 sK[BK * LD];
-    __shared__ __align__(16) bf16 sV[BK * LD];
-    __shared__ float sL[BQ], sD[BQ];
+    bf16 *sQ = sm.Q, *sdO = sm.dO, *sK = sm.K, *sV = sm.V;
+    float *sL = sm.L, *sD = sm.D;
 
-    const int b = blockIdx.y, h = blockIdx.z;
-    const int start = cu[b], len = cu[b + 1] - start;
-    if (blockIdx.x == 0 && threadIdx.x == 0 && len > (int)gridDim.x * BQ) __trap();  // max_seqlen too small
-    const int q0 = blockIdx.x * BQ;
-    if (q0 >= len) return;
+    if (q0 >= G.lq) return;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = h / (heads / kv_heads);
     const long long qs = (long long)heads * HD, kvs = (long long)kv_heads * HD;
     const float sl2 = scale * LOG2E;
 
-    stage_rows<BQ, HD, LD>(sQ, q + (start + q0) * qs + h * HD, qs, len - q0);
-    stage_rows<BQ, HD, LD>(sdO, dout + (start + q0) * qs + h * HD, qs, len - q0);
+    stage_rows<BQ, HD, LD>(sQ, q + (long long)(G.q_row0 + q0) * qs + h * HD, qs, G.lq - q0);
+    stage_rows<BQ, HD, LD>(sdO, dout + (long long)(G.q_row0 + q0) * qs + h * HD, qs, G.lq - q0);
     if (threadIdx.x < BQ) {
         int t = q0 + threadIdx.x;
-        bool ok = t < len;
-        sL[threadIdx.x] = ok ? lse[(long long)(start + t) * heads + h] * LOG2E : 0.0f;
-        sD[threadIdx.x] = ok ? delta[(long long)(start + t) * heads + h] : 0.0f;
+        bool ok = t < G.lq;
+        long long idx = (long long)(G.q_row0 + t) * heads + h;
+        sL[threadIdx.x] = lse_log2(lse, idx, ok);
+        sD[threadIdx.x] = ok ? delta[idx] : 0.0f;
     }
 
     float acc[HD / 8][4];
@@ -307,11 +344,12 @@ APPLIANCE_INLINE void dq_tile(float* dq, const bf16* q, const bf16* k, const bf1
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
 
-    const int kend = min(q0 + BQ, len);  // keys this tile can see: [0, kend)
+    // Keys this tile can see: [0, kend).
+    const int kend = G.causal ? min(G.lk, q0 + BQ + G.shift) : G.lk;
     for (int kt = 0; kt < kend; kt += BK) {
         __syncthreads();  // the previous key tile is no longer read
-        stage_rows<BK, HD, LD>(sK, k + (start + kt) * kvs + g * HD, kvs, len - kt);
-        stage_rows<BK, HD, LD>(sV, v + (start + kt) * kvs + g * HD, kvs, len - kt);
+        stage_rows<BK, HD, LD>(sK, k + (long long)(G.k_row0 + kt) * kvs + g * HD, kvs, G.lk - kt);
+        stage_rows<BK, HD, LD>(sV, v + (long long)(G.k_row0 + kt) * kvs + g * HD, kvs, G.lk - kt);
         cp_async_wait_all();
         __syncthreads();
 
@@ -344,7 +382,7 @@ APPLIANCE_INLINE void dq_tile(float* dq, const bf16* q, const bf16* k, const bf1
             for (int e = 0; e < 4; ++e) {
                 const int qi = warp * 16 + (lane >> 2) + (e >> 1) * 8;
                 const int kc = kt + j * 8 + (lane & 3) * 2 + (e & 1);
-                const bool vis = kc <= q0 + qi && q0 + qi < len;
+                const bool vis = G.visible(q0 + qi, kc);
                 const float p = vis ? exp2f(s[j][e] * sl2 - sL[qi]) : 0.0f;
                 dp[j][e] = p * (dp[j][e] - sD[qi]);
             }
@@ -368,8 +406,8 @@ APPLIANCE_INLINE void dq_tile(float* dq, const bf16* q, const bf16* k, const bf1
         for (int half = 0; half < 2; ++half) {
             const int qr = q0 + warp * 16 + (lane >> 2) + half * 8;
             const int c = n * 8 + (lane & 3) * 2;
-            if (qr < len)
-                *reinterpret_cast<float2*>(&dq[(start + qr) * qs + h * HD + c]) =
+            if (qr < G.lq)
+                *reinterpret_cast<float2*>(&dq[(long long)(G.q_row0 + qr) * qs + h * HD + c]) =
                     make_float2(acc[n][2 * half] * scale, acc[n][2 * half + 1] * scale);
         }
 }
@@ -381,18 +419,73 @@ APPLIANCE_INLINE void dq_tile(float* dq, const bf16* q, const bf16* k, const bf1
     float *dq, const bf16 *q, const bf16 *k, const bf16 *v, const bf16 *dout, const float *lse, const float *delta,    \
         const int *cu_seqlens, int heads, int kv_heads, float scale
 
+// Packed varlen causal self-attention: sequence blockIdx.y. Traps when a
+// sequence is longer than the grid covers (max_seqlen too small).
+APPLIANCE_INLINE Geom varlen_geom(const int* cu) {
+    const int start = cu[blockIdx.y], len = cu[blockIdx.y + 1] - start;
+    if (blockIdx.x == 0 && threadIdx.x == 0 && len > (int)gridDim.x * 64) __trap();
+    return Geom{start, start, len, len, 0, 1};
+}
+
+// Grid: (ceil(max_seqlen / 64), batch, kv_heads).
 extern "C" __global__ void __launch_bounds__(NTHREADS) flash_attn_bwd_dkdv_hd64(DKDV_ARGS) {
-    dkdv_tile<64, 64>(dk, dv, dq, q, k, v, dout, lse, delta, cu_seqlens, heads, kv_heads, scale);
+    __shared__ DkdvSmem<64, 64> sm;
+    dkdv_tile<64, 64>(sm, dk, dv, dq, q, k, v, dout, lse, delta, varlen_geom(cu_seqlens), blockIdx.x * 64, blockIdx.z, heads,
+                      kv_heads, scale);
 }
 
 extern "C" __global__ void __launch_bounds__(NTHREADS) flash_attn_bwd_dkdv_hd128(DKDV_ARGS) {
-    dkdv_tile<128, 16>(dk, dv, dq, q, k, v, dout, lse, delta, cu_seqlens, heads, kv_heads, scale);
+    __shared__ DkdvSmem<128, 16> sm;
+    dkdv_tile<128, 16>(sm, dk, dv, dq, q, k, v, dout, lse, delta, varlen_geom(cu_seqlens), blockIdx.x * 64, blockIdx.z,
+                       heads, kv_heads, scale);
 }
 
+// Grid: (ceil(max_seqlen / 64), batch, heads).
 extern "C" __global__ void __launch_bounds__(NTHREADS) flash_attn_bwd_dq_hd64(DQ_ARGS) {
-    dq_tile<64, 64>(dq, q, k, v, dout, lse, delta, cu_seqlens, heads, kv_heads, scale);
+    __shared__ DqSmem<64, 64> sm;
+    dq_tile<64, 64>(sm, dq, q, k, v, dout, lse, delta, varlen_geom(cu_seqlens), blockIdx.x * 64, blockIdx.z, heads, kv_heads,
+                    scale);
 }
 
 extern "C" __global__ void __launch_bounds__(NTHREADS) flash_attn_bwd_dq_hd128(DQ_ARGS) {
-    dq_tile<128, 16>(dq, q, k, v, dout, lse, delta, cu_seqlens, heads, kv_heads, scale);
+    __shared__ DqSmem<128, 16> sm;
+    dq_tile<128, 16>(sm, dq, q, k, v, dout, lse, delta, varlen_geom(cu_seqlens), blockIdx.x * 64, blockIdx.z, heads,
+                     kv_heads, scale);
+}
+
+// Ring block: queries [lq] at positions q_pos0.., keys [lk] at k_pos0..;
+// shift = q_pos0 − k_pos0. Grids: dK/dV (ceil(lk/64), 1, kv_heads), dQ
+// (ceil(lq/64), 1, heads).
+#define BLOCK_ARGS int lq, int lk, int shift, int causal, int heads, int kv_heads, float scale
+
+extern "C" __global__ void __launch_bounds__(NTHREADS)
+    attn_block_bwd_dkdv_hd64(float* dk, float* dv, float* dq, const bf16* q, const bf16* k, const bf16* v,
+                             const bf16* dout, const float* lse, const float* delta, BLOCK_ARGS) {
+    __shared__ DkdvSmem<64, 64> sm;
+    dkdv_tile<64, 64>(sm, dk, dv, dq, q, k, v, dout, lse, delta, Geom{0, 0, lq, lk, shift, causal}, blockIdx.x * 64,
+                      blockIdx.z, heads, kv_heads, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(NTHREADS)
+    attn_block_bwd_dkdv_hd128(float* dk, float* dv, float* dq, const bf16* q, const bf16* k, const bf16* v,
+                              const bf16* dout, const float* lse, const float* delta, BLOCK_ARGS) {
+    __shared__ DkdvSmem<128, 16> sm;
+    dkdv_tile<128, 16>(sm, dk, dv, dq, q, k, v, dout, lse, delta, Geom{0, 0, lq, lk, shift, causal}, blockIdx.x * 64,
+                       blockIdx.z, heads, kv_heads, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(NTHREADS)
+    attn_block_bwd_dq_hd64(float* dq, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
+                           const float* delta, BLOCK_ARGS) {
+    __shared__ DqSmem<64, 64> sm;
+    dq_tile<64, 64>(sm, dq, q, k, v, dout, lse, delta, Geom{0, 0, lq, lk, shift, causal}, blockIdx.x * 64, blockIdx.z,
+                    heads, kv_heads, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(NTHREADS)
+    attn_block_bwd_dq_hd128(float* dq, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
+                            const float* delta, BLOCK_ARGS) {
+    __shared__ DqSmem<128, 16> sm;
+    dq_tile<128, 16>(sm, dq, q, k, v, dout, lse, delta, Geom{0, 0, lq, lk, shift, causal}, blockIdx.x * 64, blockIdx.z,
+                     heads, kv_heads, scale);
 }

@@ -11,6 +11,7 @@ pub mod attention;
 pub mod attention_block;
 pub mod attention_merge;
 pub mod decode_attention;
+pub mod attn_block_bwd;
 pub mod embedding;
 pub mod logprob;
 pub mod matmul;

@@ -11,6 +11,8 @@
 //! outputs and the workspace). Layouts are the issue-8 conventions: Q/O/dO
 //! bf16 `[total, heads, hd]`, K/V bf16 `[total, kv_heads, hd]`, LSE f32
 //! `[total, heads]`, `cu_seqlens` i32 `[batch+1]`, gradients f32.
+//! Also the ring building block's backward, `attn_block_bwd` (same kernels'
+//! tile bodies, one query block against one key/value block).
 
 use super::checks::{bf16_bits, Case};
 use crate::backend::cpu;
@@ -118,6 +120,111 @@ pub fn flash_attn_bwd(
     Ok(())
 }
 
+/// Backward of the ring building block: queries `q`/`dout` bf16 `[lq,
+/// heads, hd]` at global positions `q_pos0..`, keys `k`/`v` bf16 `[lk,
+/// kv_heads, hd]` at `k_pos0..`; with `causal`, key j is visible to query i
+/// iff k_pos0+j <= q_pos0+i. `lse` and `delta` (f32 `[lq, heads]`) are the
+/// FINAL ones of the whole attention (D = rowsum(dO∘O) of the merged output,
+/// e.g. from `flash_attn_bwd_delta`). Writes (overwrites) this block's
+/// partial dQ f32 `[lq, heads, hd]` and dK, dV f32 `[lk, kv_heads, hd]`; the
+/// caller sums them over blocks (in fp32). `deterministic` as in `flash_attn_bwd`.
+#[allow(clippy::too_many_arguments)]
+pub fn attn_block_bwd(
+    dev: &mut dyn Device,
+    dq: DevicePtr,
+    dk: DevicePtr,
+    dv: DevicePtr,
+    dout: DevicePtr,
+    q: DevicePtr,
+    k: DevicePtr,
+    v: DevicePtr,
+    lse: DevicePtr,
+    delta: DevicePtr,
+    lq: usize,
+    lk: usize,
+    q_pos0: usize,
+    k_pos0: usize,
+    causal: bool,
+    s: AttnShape,
+    deterministic: bool,
+) -> Result<()> {
+    validate(1, lq.max(lk), lq.max(lk), s).context("attn_block_bwd")?;
+    let shift = q_pos0 as i64 - k_pos0 as i64;
+    ensure!(shift.abs() < i32::MAX as i64 / 2, "attn_block_bwd: positions {q_pos0} and {k_pos0} are too far apart");
+    let hd = s.head_dim;
+    if !deterministic && lq > 0 {
+        // Zero dQ for the atomics (preprocess with no D to compute).
+        let rows = lq * s.heads;
+        let null = DevicePtr(0);
+        dev.launch(
+            "flash_attn_bwd_preprocess",
+            LaunchConfig::linear(rows.div_ceil((THREADS / 32) as usize) as u32, THREADS),
+            &[Ptr(null), Ptr(dq), Ptr(null), Ptr(null), I32(rows as i32), I32(hd as i32)],
+        )
+        .context("attn_block_bwd: zeroing dQ")?;
+    }
+    let tail = [I32(lq as i32), I32(lk as i32), I32(shift as i32), I32(causal as i32), I32(s.heads as i32), I32(s.kv_heads as i32), F32(s.scale())];
+    let ins = [Ptr(q), Ptr(k), Ptr(v), Ptr(dout), Ptr(lse), Ptr(delta)];
+    let name = format!("attn_block_bwd_dkdv_hd{hd}");
+    let cfg = LaunchConfig { grid: (lk.div_ceil(TILE).max(1) as u32, 1, s.kv_heads as u32), block: (THREADS, 1, 1), shared_bytes: 0 };
+    let dq_arg = if deterministic { DevicePtr(0) } else { dq };
+    dev.launch(&name, cfg, &[&[Ptr(dk), Ptr(dv), Ptr(dq_arg)][..], &ins[..], &tail[..]].concat()).with_context(|| format!("attn_block_bwd: {name}"))?;
+    if deterministic {
+        let name = format!("attn_block_bwd_dq_hd{hd}");
+        let cfg = LaunchConfig { grid: (lq.div_ceil(TILE).max(1) as u32, 1, s.heads as u32), block: (THREADS, 1, 1), shared_bytes: 0 };
+        dev.launch(&name, cfg, &[&[Ptr(dq)][..], &ins[..], &tail[..]].concat()).with_context(|| format!("attn_block_bwd: {name}"))?;
+    }
+    Ok(())
+}
+
+/// D = rowsum(dO∘O) f32 `[rows]` for `rows` rows of `head_dim` bf16 (rows =
+/// tokens × heads), the input `attn_block_bwd` takes.
+pub fn flash_attn_bwd_delta(dev: &mut dyn Device, delta: DevicePtr, dout: DevicePtr, out: DevicePtr, rows: usize, head_dim: usize) -> Result<()> {
+    ensure!(rows < i32::MAX as usize, "flash_attn_bwd_delta: {rows} rows overflow i32");
+    dev.launch(
+        "flash_attn_bwd_preprocess",
+        LaunchConfig::linear(rows.div_ceil((THREADS / 32) as usize).max(1) as u32, THREADS),
+        &[Ptr(delta), Ptr(DevicePtr(0)), Ptr(dout), Ptr(out), I32(rows as i32), I32(head_dim as i32)],
+    )
+}
+
+/// One ring-block check: device vs `cpu::attn_block_bwd::attn_block_bwd` on
+/// the same bf16 inputs and the same (plausible) global LSE and D.
+#[allow(clippy::too_many_arguments)]
+fn block_error(dev: &mut dyn Device, lq: usize, lk: usize, q_pos0: usize, k_pos0: usize, causal: bool, s: AttnShape, deterministic: bool, seed: u64) -> Result<f64> {
+    let (qn, kvn) = (lq * s.heads * s.head_dim, lk * s.kv_heads * s.head_dim);
+    let q = rounded(random_vec(qn, seed).iter().map(|x| 3.0 * x).collect());
+    let k = rounded(random_vec(kvn, seed + 1));
+    let v = rounded(random_vec(kvn, seed + 2));
+    let dout = rounded(random_vec(qn, seed + 3));
+    let delta: Vec<f32> = random_vec(lq * s.heads, seed + 4).iter().map(|x| 0.3 * x).collect();
+    // Global LSE: this block's own log-sum-exp plus as much mass again from
+    // other blocks (ln 2); rows that see nothing here get ln 2 alone.
+    let d = s.head_dim;
+    let mut lse = vec![0.0f32; lq * s.heads];
+    let mut o = vec![0.0f32; d];
+    let mut scratch = vec![];
+    for i in 0..lq {
+        let end = if causal { (q_pos0 + i + 1).saturating_sub(k_pos0).min(lk) } else { lk };
+        for h in 0..s.heads {
+            let qr = &q[(i * s.heads + h) * d..(i * s.heads + h + 1) * d];
+            let local = if end == 0 { f32::NEG_INFINITY } else { cpu::attention::attend_row(&mut o, qr, &k, &v, 0..end, h / s.group(), s, &mut scratch) };
+            lse[i * s.heads + h] = if end == 0 { 2f32.ln() } else { local + 2f32.ln() };
+        }
+    }
+    let (mut wq, mut wk, mut wv) = (vec![0.0; qn], vec![0.0; kvn], vec![0.0; kvn]);
+    cpu::attn_block_bwd::attn_block_bwd(&mut wq, &mut wk, &mut wv, &dout, &q, &k, &v, &lse, &delta, q_pos0, k_pos0, causal, s);
+    let ins: Vec<DevicePtr> = [&q, &k, &v, &dout].iter().map(|x| dev.upload_u16(&bf16_bits(x))).collect::<Result<_>>()?;
+    let (li, di) = (dev.upload_f32(&lse)?, dev.upload_f32(&delta)?);
+    let (dq, dk, dv) = (dev.upload_f32(&vec![7.0; qn])?, dev.upload_f32(&vec![7.0; kvn])?, dev.upload_f32(&vec![7.0; kvn])?);
+    attn_block_bwd(dev, dq, dk, dv, ins[3], ins[0], ins[1], ins[2], li, di, lq, lk, q_pos0, k_pos0, causal, s, deterministic)?;
+    let got = [dev.download_f32(dq, qn)?, dev.download_f32(dk, kvn)?, dev.download_f32(dv, kvn)?];
+    for p in ins.into_iter().chain([li, di, dq, dk, dv]) {
+        dev.free(p)?;
+    }
+    Ok(got.iter().zip([&wq, &wk, &wv]).map(|(g, w)| rel_max_err(g, w)).fold(0.0, f64::max))
+}
+
 /// Packed-sequence offsets `[0, l0, l0+l1, …]` and the ranges the CPU reference takes.
 fn offsets(seq_lens: &[usize]) -> (Vec<u32>, Vec<Range<usize>>) {
     let mut cu = vec![0u32];
@@ -220,8 +327,8 @@ fn bwd_error(dev: &mut dyn Device, seq_lens: &[usize], gpu_lens: &[usize], s: At
 /// dV/dK/dQ products; the rounding errors of the terms of a sum are
 /// independent, but sums of signed terms cancel, so relative to the largest
 /// gradient entry the error runs at about one 2⁻⁹ (measured on the simulated
-/// device: 1.3e-3 to 2.5e-3 on the quick shapes). 1e-2 (4× the worst
-/// measured) leaves room for the longer sums of the big shapes without
+/// device: 1.3e-3 to 2.5e-3 on the quick varlen shapes, 3.3e-3 on the ring
+/// blocks). 1e-2 (3× the worst measured) leaves room for the longer sums of the big shapes without
 /// hiding real bugs: a mask, index or layout error moves gradients by O(1)
 /// relative (the packing test below sees > 10× the tolerance).
 pub const BWD_TOL: f64 = 1e-2;
@@ -281,6 +388,39 @@ pub(super) fn cases(quick: bool) -> Vec<Case<'static>> {
             }),
         });
     }
+    // Ring block: (lq, lk, q_pos0, k_pos0, causal, shape): a block crossing
+    // the diagonal, one fully visible, one fully hidden, one non-causal.
+    let mut blocks = vec![
+        (70usize, 90usize, 40usize, 20usize, true, sh(2, 1, 64)),
+        (37, 50, 200, 100, true, sh(7, 1, 64)),
+        (33, 40, 0, 50, true, sh(2, 2, 128)),
+        (45, 20, 0, 0, false, sh(4, 2, 128)),
+    ];
+    if !quick {
+        blocks.extend([(2048, 2048, 2048, 0, true, sh(8, 1, 128)), (2048, 2048, 4096, 4096, true, sh(14, 2, 64))]);
+    }
+    for (i, (lq, lk, qp, kp, causal, s)) in blocks.into_iter().enumerate() {
+        for deterministic in [true, false] {
+            let hd = s.head_dim;
+            v.push(Case {
+                kernel: match (deterministic, hd) {
+                    (true, 64) => "attn_block_bwd_dq_hd64",
+                    (true, _) => "attn_block_bwd_dq_hd128",
+                    (false, 64) => "attn_block_bwd_dkdv_hd64",
+                    (false, _) => "attn_block_bwd_dkdv_hd128",
+                },
+                shape: format!(
+                    "lq={lq}@{qp} lk={lk}@{kp} {} heads={} kv_heads={} hd={hd} {}",
+                    if causal { "causal" } else { "full" },
+                    s.heads,
+                    s.kv_heads,
+                    if deterministic { "deterministic" } else { "atomic dQ" }
+                ),
+                tol: BWD_TOL,
+                run: Box::new(move |dev| block_error(dev, lq, lk, qp, kp, causal, s, deterministic, 300 + i as u64)),
+            });
+        }
+    }
     // Preprocess alone: D = rowsum(dO∘O) and the zeroed dQ.
     for &(rows, hd) in [(5usize, 64usize), (37, 128)].iter().chain(if quick { &[][..] } else { &[(1usize << 16, 128usize)][..] }) {
         v.push(Case {
@@ -323,7 +463,7 @@ pub fn bench_flash_attn_bwd(dev: &mut dyn Device, seq_lens: &[usize], s: AttnSha
     let (q, k, v) = (dev.upload_u16(&bits(qn, 1))?, dev.upload_u16(&bits(kvn, 2))?, dev.upload_u16(&bits(kvn, 3))?);
     let (dout, out) = (dev.upload_u16(&bits(qn, 4))?, dev.upload_u16(&bits(qn, 5))?);
     // A plausible LSE (ln of the row's key count) keeps exp() in range.
-    let lse: Vec<f32> = seq_lens.iter().flat_map(|&l| (0..l).flat_map(move |t| std::iter::repeat(((t + 1) as f32).ln()).take(s.heads))).collect();
+    let lse: Vec<f32> = seq_lens.iter().flat_map(|&l| (0..l).flat_map(move |t| std::iter::repeat_n(((t + 1) as f32).ln(), s.heads))).collect();
     let lse = dev.upload_f32(&lse)?;
     let cu_d = dev.upload_u32(&cu)?;
     let (dq, dk, dv) = (dev.zeros(qn * 4)?, dev.zeros(kvn * 4)?, dev.zeros(kvn * 4)?);
