@@ -119,7 +119,7 @@ mod tests {
         let k = random_vec(n * s.kv_heads * 8, 22);
         let v = random_vec(n * s.kv_heads * 8, 23);
         let (mut want_o, mut want_l) = (vec![0.0; n * s.heads * 8], vec![0.0; n * s.heads]);
-        attention_fwd(&mut want_o, &mut want_l, &q, &k, &v, &[0..n], s);
+        attention_fwd(&mut want_o, &mut want_l, &q, &k, &v, std::slice::from_ref(&(0..n)), s);
         for bounds in [vec![0, 11, n], vec![0, 5, 6, 17, n]] {
             let blocks: Vec<_> = bounds.windows(2).map(|w| attend_block(&q, &k, &v, n, w[0]..w[1], s)).collect();
             // Causal: later blocks are empty for early queries (LSE -inf).

@@ -64,7 +64,7 @@ mod tests {
         let k = random_vec(n * 16, 2);
         let v = random_vec(n * 16, 3);
         let (mut want, mut wl) = (vec![0.0; n * 32], vec![0.0; n * 4]);
-        attention_fwd(&mut want, &mut wl, &q, &k, &v, &[0..n], s);
+        attention_fwd(&mut want, &mut wl, &q, &k, &v, std::slice::from_ref(&(0..n)), s);
         let mut kc = vec![9.0; cap * 16];
         let mut vc = vec![9.0; cap * 16];
         kc[..n * 16].copy_from_slice(&k);

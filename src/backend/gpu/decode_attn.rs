@@ -269,6 +269,9 @@ fn err_pair(got_o: &[f32], got_l: &[f32], want_o: &[f32], want_l: &[f32]) -> f64
     rel_err(got_o, want_o).max(rel_err(&fin(got_l), &fin(want_l))) + inf_mismatch as f64
 }
 
+/// A suite shape: (heads, lengths, q_len, split counts or key-block bounds).
+type SuiteShape = (AttnShape, Vec<usize>, usize, Vec<usize>);
+
 /// The kernel-suite cases of decode attention: the split path (both
 /// kernels) and key blocks merged by `attn_merge_fwd` against attention over
 /// the whole cache.
@@ -276,7 +279,7 @@ pub(super) fn cases<'a>(quick: bool) -> Vec<Case<'a>> {
     let mut v: Vec<Case> = vec![];
     let sh = |heads, kv_heads, head_dim| AttnShape { heads, kv_heads, head_dim };
     // (shape, lengths, q_len, split counts)
-    let mut shapes: Vec<(AttnShape, Vec<usize>, usize, Vec<usize>)> = vec![
+    let mut shapes: Vec<SuiteShape> = vec![
         (sh(2, 2, 64), vec![1, 37, 300], 1, vec![1, 3]),
         (sh(4, 2, 128), vec![300], 1, vec![1, 4]),
         (sh(14, 2, 128), vec![4, 37, 130], 4, vec![1, 2]),
@@ -314,7 +317,7 @@ pub(super) fn cases<'a>(quick: bool) -> Vec<Case<'a>> {
         }
     }
     // Key blocks on the device, merged on the device, equal whole-cache attention.
-    let blocks: Vec<(AttnShape, Vec<usize>, usize, Vec<usize>)> = vec![
+    let blocks: Vec<SuiteShape> = vec![
         (sh(4, 2, 64), vec![60, 23], 4, vec![0, 30, usize::MAX]),
         (sh(7, 1, 128), vec![90], 1, vec![0, 20, 41, 77, usize::MAX]),
         (sh(6, 3, 64), vec![50, 7, 33], 4, vec![0, 8, 31, 48, usize::MAX]),
