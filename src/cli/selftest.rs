@@ -5,7 +5,7 @@
 //! no `--sim`).
 
 use super::Exit;
-use crate::backend::gpu::checks::{run_all, KernelCheck};
+use crate::backend::gpu::checks::{run_each, KernelCheck};
 use crate::device::cuda;
 use crate::device::Device;
 use anyhow::Result;
@@ -50,10 +50,19 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let quick = a.quick || a.sim;
+    // The table streams: each row is printed as its case finishes.
+    if !a.json {
+        println!("{:<26} {:<24} {:<36} {:>6} {:>10} {:>9} {:>9}", "device", "kernel", "shape", "result", "max_err", "tol", "ms");
+    }
     let mut all: Vec<(String, KernelCheck)> = vec![];
     for (i, dev) in devices.iter_mut().enumerate() {
         let name = format!("{i}: {}", dev.name());
-        for c in run_all(dev.as_mut(), quick, a.filter.as_deref()) {
+        let print = |c: &KernelCheck| {
+            if !a.json {
+                print_row(&name, c);
+            }
+        };
+        for c in run_each(dev.as_mut(), quick, a.filter.as_deref(), print) {
             all.push((name.clone(), c));
         }
     }
@@ -72,22 +81,6 @@ pub fn run(a: Args) -> Result<()> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "checks": rows, "failed": failed }))?);
     } else {
-        println!("{:<26} {:<24} {:<36} {:>6} {:>10} {:>9} {:>9}", "device", "kernel", "shape", "result", "max_err", "tol", "ms");
-        for (d, c) in &all {
-            println!(
-                "{:<26} {:<24} {:<36} {:>6} {:>10.2e} {:>9.1e} {:>9.2}",
-                truncate(d, 26),
-                c.kernel,
-                c.shape,
-                if c.passed { "pass" } else { "FAIL" },
-                c.max_err,
-                c.tolerance,
-                c.seconds * 1e3
-            );
-            if let Some(e) = &c.error {
-                println!("    error: {e}");
-            }
-        }
         println!("{} checks, {} failed", all.len(), failed);
     }
     if failed > 0 {
@@ -98,4 +91,20 @@ pub fn run(a: Args) -> Result<()> {
 
 fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
+}
+
+fn print_row(device: &str, c: &KernelCheck) {
+    println!(
+        "{:<26} {:<24} {:<36} {:>6} {:>10.2e} {:>9.1e} {:>9.2}",
+        truncate(device, 26),
+        c.kernel,
+        c.shape,
+        if c.passed { "pass" } else { "FAIL" },
+        c.max_err,
+        c.tolerance,
+        c.seconds * 1e3
+    );
+    if let Some(e) = &c.error {
+        println!("    error: {e}");
+    }
 }

@@ -27,7 +27,6 @@ pub const MODULES: &[PtxModule] = &[
     module!("dapo_loss", ["dapo_loss_partial", "dapo_loss_finalize"]),
     module!("embedding", ["embedding_fwd", "embedding_bwd"]),
     module!("flash_attn_fwd", ["flash_attn_fwd_hd64", "flash_attn_fwd_hd128", "attn_block_fwd_hd64", "attn_block_fwd_hd128"]),
-    module!("flash_attn_bwd", ["flash_attn_bwd_preprocess", "flash_attn_bwd_dkdv_hd64", "flash_attn_bwd_dkdv_hd128", "flash_attn_bwd_dq_hd64", "flash_attn_bwd_dq_hd128"]),
     module!("flash_attn_bwd", ["flash_attn_bwd_preprocess", "flash_attn_bwd_dkdv_hd64", "flash_attn_bwd_dkdv_hd128", "flash_attn_bwd_dq_hd64", "flash_attn_bwd_dq_hd128", "attn_block_bwd_dkdv_hd64", "attn_block_bwd_dkdv_hd128", "attn_block_bwd_dq_hd64", "attn_block_bwd_dq_hd128"]),
     module!("gemm_mma", ["gemm_bf16_tn"]),
     module!("global_norm", ["sum_squares_partial", "sum_partials"]),

@@ -8,6 +8,7 @@
 pub mod adamw;
 pub mod gradcheck;
 pub mod attention;
+pub mod dapo_loss;
 pub mod attention_block;
 pub mod attention_merge;
 pub mod decode_attention;

@@ -318,6 +318,12 @@ fn cases<'a>(quick: bool) -> Vec<Case<'a>> {
 /// Run every case on `dev`. `quick` drops the large shapes (for the
 /// interpreter); a GPU runs them all.
 pub fn run_all(dev: &mut dyn Device, quick: bool, filter: Option<&str>) -> Vec<KernelCheck> {
+    run_each(dev, quick, filter, |_| {})
+}
+
+/// [`run_all`], calling `each` as every case finishes (so a long run on a
+/// GPU, whose big shapes' CPU references take minutes, reports as it goes).
+pub fn run_each(dev: &mut dyn Device, quick: bool, filter: Option<&str>, mut each: impl FnMut(&KernelCheck)) -> Vec<KernelCheck> {
     let mut out = vec![];
     for c in cases(quick) {
         if let Some(f) = filter {
@@ -332,7 +338,7 @@ pub fn run_all(dev: &mut dyn Device, quick: bool, filter: Option<&str>) -> Vec<K
             Ok(e) => (e, None),
             Err(e) => (f64::INFINITY, Some(format!("{e:#}"))),
         };
-        out.push(KernelCheck {
+        let check = KernelCheck {
             kernel: c.kernel.to_string(),
             shape: c.shape,
             max_err,
@@ -340,7 +346,9 @@ pub fn run_all(dev: &mut dyn Device, quick: bool, filter: Option<&str>) -> Vec<K
             passed: error.is_none() && max_err <= c.tol,
             seconds,
             error,
-        });
+        };
+        each(&check);
+        out.push(check);
     }
     out
 }

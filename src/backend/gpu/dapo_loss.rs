@@ -6,7 +6,7 @@
 //! Owns: the two-pass launch (per-block partials, then one block in a fixed
 //! order), its workspace size, the reading of the stats back, and the kernel
 //! suite's cases. Does not own the definition of the loss:
-//! `train::algorithms::dapo_loss` is the reference this equals (same f64
+//! `backend::cpu::dapo_loss::dapo_loss` (re-exported by `train::algorithms`) is the reference this equals (same f64
 //! arithmetic per token, same clip counting, same division by N).
 //!
 //! Layouts: logp, logp_old, advantage, mask f32 `[n]` (a token counts when
@@ -17,7 +17,7 @@
 use super::checks::Case;
 use crate::backend::cpu::gradcheck::random_vec;
 use crate::device::{Device, DeviceExt, DevicePtr, KernelArg::*, LaunchConfig};
-use crate::train::algorithms::{self, DapoConfig};
+use crate::backend::cpu::dapo_loss::{self as algorithms, DapoConfig};
 use anyhow::{ensure, Context, Result};
 
 const THREADS: u32 = 256;
