@@ -11,13 +11,8 @@
 //! (no visible key anywhere) contribute nothing. Written plainly, parallel
 //! over query rows (dQ) and key rows (dK, dV), each summing in a fixed order.
 
-use super::attention::AttnShape;
+use super::attention::{dot, AttnShape};
 use rayon::prelude::*;
-
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
 
 /// `q`, `dout`: `[lq, heads, hd]`; `k`, `v`: `[lk, kv_heads, hd]`; `lse`,
 /// `delta`: `[lq, heads]`. `dq` (like `q`), `dk`, `dv` (like `k`) are overwritten.

@@ -6,7 +6,8 @@
 //! beta 0 or 1 with alpha ≠ 1, shapes that are not multiples of anything),
 //! and `bench_gemm` for timing on a GPU. Does not own the GEMM itself (the
 //! device layer) or the tensor-core kernel `gemm_bf16_tn` (checked in
-//! checks.rs). The reference is `cpu::matmul::matmul_naive` (f64 sums) on
+//! checks.rs). The reference is `cpu::matmul::matmul_naive` (f64 sums; the blocked
+//! CPU gemm for the GPU-only shapes of billions of multiply-adds) on
 //! the same bf16-rounded inputs, so the only error left is the
 //! accumulation order and, for a bf16 output, its final rounding.
 //! With beta = 0 the output buffer starts as NaN: a GEMM that reads C when
@@ -36,14 +37,26 @@ fn round(v: Vec<f32>, t: Dtype) -> Vec<f32> {
     }
 }
 
-/// Random operands for `g` from `seed`, and the f64-summed reference.
+/// Above this many multiply-adds the reference uses the blocked CPU gemm.
+const BIG_REFERENCE: usize = 1 << 28;
+
+/// Random operands for `g` from `seed`, and the reference (f64-summed up
+/// to `BIG_REFERENCE` multiply-adds).
 pub(super) fn reference(g: &Gemm, seed: u64) -> GemmData {
     let (na, nb, nc) = g.sizes();
     let a = round(random_vec(na, seed), g.ab_type);
     let b = round(random_vec(nb, seed + 1), g.ab_type);
     let c_old = round(random_vec(nc, seed + 2), g.c_type);
     let mut prod = vec![0.0f32; nc];
-    cpu::matmul::matmul_naive(&mut prod, &a, &b, g.m, g.k, g.n, g.trans_a, g.trans_b, false);
+    // The GPU-only big shapes (billions of multiply-adds) use the blocked
+    // CPU gemm: the naive loop takes minutes there. The shapes the
+    // simulated device runs, whose device GEMM is that same CPU gemm,
+    // keep the independent naive loop.
+    if g.m * g.n * g.k > BIG_REFERENCE {
+        cpu::matmul::matmul(&mut prod, &a, &b, g.m, g.k, g.n, g.trans_a, g.trans_b, false);
+    } else {
+        cpu::matmul::matmul_naive(&mut prod, &a, &b, g.m, g.k, g.n, g.trans_a, g.trans_b, false);
+    }
     let want = prod
         .iter()
         .zip(&c_old)
