@@ -38,9 +38,7 @@ const MIN_KEYS_PER_SPLIT: usize = 256;
 const THREADS: u32 = 128;
 
 fn validate(s: AttnShape) -> Result<()> {
-    ensure!(s.head_dim == 64 || s.head_dim == 128, "decode attention: head_dim {} is not 64 or 128", s.head_dim);
-    ensure!(s.kv_heads > 0 && s.heads > 0 && s.heads % s.kv_heads == 0, "decode attention: {} query heads are not a multiple of {} kv heads", s.heads, s.kv_heads);
-    Ok(())
+    super::flash_attn::check_shape(s, "decode attention").map(|_| ())
 }
 
 fn row_tiles(q_len: usize, s: AttnShape) -> usize {
@@ -87,10 +85,7 @@ fn check_args(q: DevicePtr, k_cache: DevicePtr, v_cache: DevicePtr, batch: usize
     ensure!((1..=cap).contains(&q_len), "decode attention: q_len {q_len} outside 1..=cap ({cap})");
     ensure!(cap < i32::MAX as usize / 2, "decode attention: cache capacity {cap} too large");
     ensure!(batch * cap * s.kv_heads * s.head_dim < i64::MAX as usize / 2, "decode attention: cache too large");
-    for (name, p) in [("q", q), ("k_cache", k_cache), ("v_cache", v_cache)] {
-        ensure!(p.0 % 16 == 0, "decode attention: {name} at {:#x} is not 16-byte aligned (the kernel loads 16-byte chunks)", p.0);
-    }
-    Ok(())
+    super::flash_attn::check_aligned("decode attention", &[("q", q), ("k_cache", k_cache), ("v_cache", v_cache)])
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -28,7 +28,10 @@ use std::time::Instant;
 pub const TILE_ROWS: usize = 64;
 const THREADS: u32 = 128;
 
-fn check_shape(s: AttnShape, what: &str) -> Result<&'static str> {
+/// The attention shape every attention kernel supports (head dims 64 and
+/// 128, query heads a positive multiple of kv heads, heads within a grid
+/// dimension); returns the head dim's kernel-name suffix.
+pub(super) fn check_shape(s: AttnShape, what: &str) -> Result<&'static str> {
     ensure!(s.heads > 0 && s.kv_heads > 0, "{what}: heads ({}) and kv_heads ({}) must be positive", s.heads, s.kv_heads);
     ensure!(s.heads % s.kv_heads == 0, "{what}: heads ({}) is not a multiple of kv_heads ({})", s.heads, s.kv_heads);
     ensure!(s.heads <= 65535, "{what}: {} heads exceed the grid's y limit", s.heads);
@@ -39,9 +42,10 @@ fn check_shape(s: AttnShape, what: &str) -> Result<&'static str> {
     }
 }
 
-fn check_aligned(what: &str, ptrs: &[(&str, DevicePtr)]) -> Result<()> {
+/// Q/K/V must be 16-byte aligned: the kernels load 16-byte chunks.
+pub(super) fn check_aligned(what: &str, ptrs: &[(&str, DevicePtr)]) -> Result<()> {
     for (name, p) in ptrs {
-        ensure!(p.0 % 16 == 0, "{what}: {name} at {:#x} is not 16-byte aligned (cp.async needs it)", p.0);
+        ensure!(p.0 % 16 == 0, "{what}: {name} at {:#x} is not 16-byte aligned (the kernels load 16-byte chunks)", p.0);
     }
     Ok(())
 }

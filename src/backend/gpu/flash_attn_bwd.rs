@@ -40,9 +40,8 @@ pub fn attn_bwd_flops(seq_lens: &[usize], s: AttnShape) -> f64 {
 }
 
 fn validate(batch: usize, total: usize, max_seqlen: usize, s: AttnShape) -> Result<()> {
-    ensure!(s.head_dim == 64 || s.head_dim == 128, "flash_attn_bwd: head_dim {} is not supported (64 or 128)", s.head_dim);
-    ensure!(s.kv_heads > 0 && s.heads > 0 && s.heads % s.kv_heads == 0, "flash_attn_bwd: heads {} is not a multiple of kv_heads {}", s.heads, s.kv_heads);
-    ensure!(s.heads <= 65535 && batch <= 65535, "flash_attn_bwd: heads {} or batch {} exceeds the grid limit 65535", s.heads, batch);
+    super::flash_attn::check_shape(s, "flash_attn_bwd")?;
+    ensure!(batch <= 65535, "flash_attn_bwd: batch {batch} exceeds the grid limit 65535");
     ensure!(batch > 0, "flash_attn_bwd: empty batch");
     ensure!(max_seqlen <= total, "flash_attn_bwd: max_seqlen {max_seqlen} exceeds total {total}");
     ensure!(total * s.heads * s.head_dim < i32::MAX as usize / 2, "flash_attn_bwd: {total} tokens x {} heads overflow the kernels' 32-bit row count", s.heads);
