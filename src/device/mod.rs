@@ -145,6 +145,10 @@ pub trait Device {
     fn free(&mut self, ptr: DevicePtr) -> Result<()>;
     fn copy_h2d(&mut self, dst: DevicePtr, src: &[u8]) -> Result<()>;
     fn copy_d2h(&mut self, src: DevicePtr, dst: &mut [u8]) -> Result<()>;
+    /// Copy `bytes` from `src` to `dst` on the device (ordered with launches).
+    fn copy_d2d(&mut self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()>;
+    /// Set `bytes` at `dst` to zero on the device (ordered with launches).
+    fn memset_zero(&mut self, dst: DevicePtr, bytes: usize) -> Result<()>;
     fn launch(&mut self, function: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()>;
     /// `c = alpha·op(a)·op(b) + beta·c` as `g` describes (row-major, fp32
     /// accumulation): cuBLAS on a GPU, the CPU gemm on the simulated device.
@@ -186,7 +190,7 @@ pub trait DeviceExt: Device {
     }
     fn zeros(&mut self, bytes: usize) -> Result<DevicePtr> {
         let p = self.alloc(bytes)?;
-        self.copy_h2d(p, &vec![0u8; bytes])?;
+        self.memset_zero(p, bytes)?;
         Ok(p)
     }
     fn download_f32(&mut self, src: DevicePtr, n: usize) -> Result<Vec<f32>> {

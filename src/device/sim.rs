@@ -59,6 +59,16 @@ impl Device for SimDevice {
         self.mem.read(src.0, dst).map_err(|e| anyhow!("copy from simulated device: {e}"))
     }
 
+    fn copy_d2d(&mut self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()> {
+        let mut tmp = vec![0u8; bytes];
+        self.mem.read(src.0, &mut tmp).map_err(|e| anyhow!("device-to-device copy on the simulated device: {e}"))?;
+        self.mem.write(dst.0, &tmp).map_err(|e| anyhow!("device-to-device copy on the simulated device: {e}"))
+    }
+
+    fn memset_zero(&mut self, dst: DevicePtr, bytes: usize) -> Result<()> {
+        self.mem.write(dst.0, &vec![0u8; bytes]).map_err(|e| anyhow!("memset on the simulated device: {e}"))
+    }
+
     fn launch(&mut self, function: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
         let &i = self.functions.get(function).ok_or_else(|| anyhow!("no kernel named {function} in the embedded PTX"))?;
         let args: Vec<ptx_sim::Arg> = args

@@ -10,6 +10,7 @@ pub mod config;
 pub mod memory_plan;
 pub mod pretrained;
 pub mod qwen2;
+pub mod qwen2_gpu;
 pub mod tiny;
 pub mod tokenizer;
 pub mod weights;

@@ -14,6 +14,7 @@ pub mod attention_merge;
 pub mod decode_attention;
 pub mod attn_block_bwd;
 pub mod embedding;
+pub mod head_pad;
 pub mod logprob;
 pub mod matmul;
 pub mod rmsnorm;

@@ -235,6 +235,47 @@ fn cases<'a>(quick: bool) -> Vec<Case<'a>> {
             }),
         });
     }
+    // Head padding (exact: a bf16 rounding and copies).
+    for &(rows, hd, hd_pad) in &[(5usize, 32usize, 64usize), (37, 64, 64), (3, 24, 128)] {
+        let x: Vec<f32> = random_vec(rows * hd_pad, 31).iter().map(|v| 10.0 * v).collect();
+        v.push(Case {
+            kernel: "pad_heads_bf16",
+            shape: format!("rows={rows} hd={hd}->{hd_pad}"),
+            tol: 0.0,
+            run: Box::new({
+                let x = x[..rows * hd].to_vec();
+                move |dev| {
+                    let (xi, o) = (dev.upload_f32(&x)?, dev.upload_f32(&vec![f32::NAN; rows * hd_pad / 2 + 1])?);
+                    pad_heads_bf16(dev, o, xi, rows, hd, hd_pad)?;
+                    let got = dev.download_u16(o, rows * hd_pad)?;
+                    Ok(got.iter().zip(&cpu::head_pad::pad_heads_bf16(&x, hd, hd_pad)).filter(|(a, b)| a != b).count() as f64)
+                }
+            }),
+        });
+        let bits = bf16_bits(&x);
+        v.push(Case {
+            kernel: "unpad_heads_bf16",
+            shape: format!("rows={rows} hd={hd_pad}->{hd}"),
+            tol: 0.0,
+            run: Box::new(move |dev| {
+                let (xi, o) = (dev.upload_u16(&bits)?, dev.zeros(rows * hd * 2)?);
+                unpad_heads_bf16(dev, o, xi, rows, hd, hd_pad)?;
+                let got = dev.download_u16(o, rows * hd)?;
+                Ok(got.iter().zip(&cpu::head_pad::unpad_heads(&bits, hd, hd_pad)).filter(|(a, b)| a != b).count() as f64)
+            }),
+        });
+        v.push(Case {
+            kernel: "unpad_heads_f32",
+            shape: format!("rows={rows} hd={hd_pad}->{hd}"),
+            tol: 0.0,
+            run: Box::new(move |dev| {
+                let (xi, o) = (dev.upload_f32(&x)?, dev.zeros(rows * hd * 4)?);
+                unpad_heads_f32(dev, o, xi, rows, hd, hd_pad)?;
+                let got = dev.download_f32(o, rows * hd)?;
+                Ok(got.iter().zip(&cpu::head_pad::unpad_heads(&x, hd, hd_pad)).filter(|(a, b)| a.to_bits() != b.to_bits()).count() as f64)
+            }),
+        });
+    }
     // AdamW on fp32 master weights with the bf16 copy.
     for &n in [7usize, 3000].iter().chain(if big { &[1usize << 22][..] } else { &[] }) {
         let p0 = random_vec(n, 12);

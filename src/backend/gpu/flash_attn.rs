@@ -50,9 +50,9 @@ pub(super) fn check_aligned(what: &str, ptrs: &[(&str, DevicePtr)]) -> Result<()
     Ok(())
 }
 
-/// `log2(e) / sqrt(head_dim)`: the kernels work in the log2 domain.
-fn scale_log2(s: AttnShape) -> f32 {
-    (s.scale() as f64 * std::f64::consts::LOG2_E) as f32
+/// `log2(e) · scale`: the kernels work in the log2 domain.
+fn scale_log2(scale: f32) -> f32 {
+    (scale as f64 * std::f64::consts::LOG2_E) as f32
 }
 
 /// Packed variable-length causal self-attention. `q`: bf16 `[total, heads,
@@ -72,6 +72,25 @@ pub fn flash_attn_fwd(
     max_seqlen: usize,
     s: AttnShape,
 ) -> Result<()> {
+    flash_attn_fwd_scaled(dev, out, lse, q, k, v, cu_seqlens, batch, max_seqlen, s, s.scale())
+}
+
+/// [`flash_attn_fwd`] with the softmax scale given: heads zero-padded to a
+/// supported head dim keep the scale of their real one (`1/sqrt(hd)`).
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attn_fwd_scaled(
+    dev: &mut dyn Device,
+    out: DevicePtr,
+    lse: DevicePtr,
+    q: DevicePtr,
+    k: DevicePtr,
+    v: DevicePtr,
+    cu_seqlens: DevicePtr,
+    batch: usize,
+    max_seqlen: usize,
+    s: AttnShape,
+    scale: f32,
+) -> Result<()> {
     let hd = check_shape(s, "flash_attn_fwd")?;
     check_aligned("flash_attn_fwd", &[("q", q), ("k", k), ("v", v)])?;
     ensure!(batch <= 65535, "flash_attn_fwd: batch {batch} exceeds the grid's z limit");
@@ -84,7 +103,7 @@ pub fn flash_attn_fwd(
     dev.launch(
         &f,
         cfg,
-        &[Ptr(out), Ptr(lse), Ptr(q), Ptr(k), Ptr(v), Ptr(cu_seqlens), I32(s.heads as i32), I32(s.kv_heads as i32), F32(scale_log2(s))],
+        &[Ptr(out), Ptr(lse), Ptr(q), Ptr(k), Ptr(v), Ptr(cu_seqlens), I32(s.heads as i32), I32(s.kv_heads as i32), F32(scale_log2(scale))],
     )
     .with_context(|| format!("flash_attn_fwd: batch {batch}, max_seqlen {max_seqlen}, {s:?}"))
 }
@@ -135,7 +154,7 @@ pub fn attn_block_fwd(
             I32(causal as i32),
             I32(s.heads as i32),
             I32(s.kv_heads as i32),
-            F32(scale_log2(s)),
+            F32(scale_log2(s.scale())),
         ],
     )
     .with_context(|| format!("attn_block_fwd: lq {lq}, lk {lk}, q_pos0 {q_pos0}, k_pos0 {k_pos0}, causal {causal}, {s:?}"))

@@ -75,12 +75,37 @@ pub fn flash_attn_bwd(
     deterministic: bool,
     workspace: DevicePtr,
 ) -> Result<()> {
+    flash_attn_bwd_scaled(dev, dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, batch, total, max_seqlen, s, s.scale(), deterministic, workspace)
+}
+
+/// [`flash_attn_bwd`] with the softmax scale of the forward given (see
+/// `flash_attn::flash_attn_fwd_scaled`).
+#[allow(clippy::too_many_arguments)]
+pub fn flash_attn_bwd_scaled(
+    dev: &mut dyn Device,
+    dq: DevicePtr,
+    dk: DevicePtr,
+    dv: DevicePtr,
+    dout: DevicePtr,
+    q: DevicePtr,
+    k: DevicePtr,
+    v: DevicePtr,
+    out: DevicePtr,
+    lse: DevicePtr,
+    cu_seqlens: DevicePtr,
+    batch: usize,
+    total: usize,
+    max_seqlen: usize,
+    s: AttnShape,
+    scale: f32,
+    deterministic: bool,
+    workspace: DevicePtr,
+) -> Result<()> {
     validate(batch, total, max_seqlen, s)?;
     if total == 0 || max_seqlen == 0 {
         return Ok(());
     }
     let hd = s.head_dim;
-    let scale = s.scale();
     let rows = total * s.heads;
     let warps = (THREADS / 32) as usize;
     dev.launch(

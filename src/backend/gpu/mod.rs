@@ -103,6 +103,25 @@ pub fn bf16_to_f32(dev: &mut dyn Device, out: DevicePtr, inp: DevicePtr, n: usiz
     dev.launch("bf16_to_f32", elementwise(n), &[Ptr(out), Ptr(inp), I64(n as i64)])
 }
 
+/// bf16 `out [rows, hd_pad]` = f32 `inp [rows, hd]`, zero past `hd`: q/k/v
+/// (and dO) into the attention kernels' layout; a plain cast when equal.
+pub fn pad_heads_bf16(dev: &mut dyn Device, out: DevicePtr, inp: DevicePtr, rows: usize, hd: usize, hd_pad: usize) -> Result<()> {
+    anyhow::ensure!(hd > 0 && hd <= hd_pad, "pad_heads_bf16: head dim {hd} padded to {hd_pad}");
+    dev.launch("pad_heads_bf16", elementwise(rows * hd_pad), &[Ptr(out), Ptr(inp), I64(rows as i64), I32(hd as i32), I32(hd_pad as i32)])
+}
+
+/// The first `hd` columns of bf16 `inp [rows, hd_pad]` into `out [rows, hd]`.
+pub fn unpad_heads_bf16(dev: &mut dyn Device, out: DevicePtr, inp: DevicePtr, rows: usize, hd: usize, hd_pad: usize) -> Result<()> {
+    anyhow::ensure!(hd > 0 && hd <= hd_pad, "unpad_heads_bf16: head dim {hd} from {hd_pad}");
+    dev.launch("unpad_heads_bf16", elementwise(rows * hd), &[Ptr(out), Ptr(inp), I64(rows as i64), I32(hd as i32), I32(hd_pad as i32)])
+}
+
+/// The first `hd` columns of f32 `inp [rows, hd_pad]` into `out [rows, hd]`.
+pub fn unpad_heads_f32(dev: &mut dyn Device, out: DevicePtr, inp: DevicePtr, rows: usize, hd: usize, hd_pad: usize) -> Result<()> {
+    anyhow::ensure!(hd > 0 && hd <= hd_pad, "unpad_heads_f32: head dim {hd} from {hd_pad}");
+    dev.launch("unpad_heads_f32", elementwise(rows * hd), &[Ptr(out), Ptr(inp), I64(rows as i64), I32(hd as i32), I32(hd_pad as i32)])
+}
+
 /// AdamW on fp32 `master`, writing the bf16 copy to `param` when given.
 /// `step` counts from 1; the bias corrections are computed here, in f64,
 /// exactly as the CPU reference does.

@@ -1,0 +1,846 @@
+//! The Qwen2 training step on a `Device`: the same forward and backward as
+//! `qwen2::Model` (CPU), chained from the GPU kernels (`backend::gpu`) and the
+//! device GEMM (cuBLAS on a GPU, the CPU gemm on the simulated device).
+//!
+//! Owns: the parameters on the device (fp32 master, a bf16 copy of every
+//! matrix for the GEMMs, fp32 gradients, AdamW's m and v), the activation
+//! buffers (allocated once for a token capacity, grown only when a larger
+//! batch arrives), the order of the ops per layer, recomputation, and the
+//! ledger of bytes per component. Does not own the math of any op (each
+//! kernel equals its CPU reference, `backend::gpu::checks`), the loss
+//! (callers turn log-probs into d/d log-prob and d/d entropy, as on the CPU),
+//! or the optimizer's schedule and clipping (`train::optimizer`).
+//!
+//! Design (llm.c-style, one function per direction, ops in order):
+//! - Precision: the residual stream, norms, RoPE, SwiGLU and every gradient
+//!   are fp32; each GEMM takes bf16 operands (a cast of its fp32 input, or a
+//!   weight's bf16 copy) and accumulates in fp32, as does attention. So the
+//!   step equals the CPU backend's to bf16 rounding, not bit for bit.
+//! - Residual adds are GEMMs with beta = 1 into a copy of the residual;
+//!   residual gradients accumulate in place (`rmsnorm_bwd`'s accumulate
+//!   flag), so the backward keeps one d(residual) buffer.
+//! - Biases are rank-1 GEMMs against a ones vector (forward: C += 1·bᵀ;
+//!   backward: db += 1ᵀ·dY), so no bias kernel is needed.
+//! - Attention runs the flash kernels; a head dim they are not built for
+//!   (below 64, the embedded tiny model's 32) runs on heads zero-padded to
+//!   64, which is exact, with the softmax scale of the real head dim.
+//! - The LM head is the fused log-prob/entropy kernel pair: no `[n, vocab]`.
+//! - Recomputation: with `recompute`, one set of layer buffers is shared and
+//!   each layer's forward is rerun from its saved input before its backward;
+//!   otherwise every layer keeps its own set.
+//! - Qwen3's q/k norm is not wired yet: such a config is refused.
+
+use super::config::ModelConfig;
+use super::qwen2::{Batch, Model};
+use super::weights::{param_specs, ParamKind, Weights};
+use crate::backend::cpu::attention::AttnShape;
+use crate::backend::cpu::logprob::TokenLogprobs;
+use crate::backend::cpu::rope::RopeTable;
+use crate::backend::gpu;
+use crate::backend::gpu::flash_attn::{cu_seqlens, flash_attn_fwd_scaled};
+use crate::backend::gpu::flash_attn_bwd::{flash_attn_bwd_scaled, flash_attn_bwd_workspace_bytes};
+use crate::backend::gpu::logprob::{self as lp_kernels, LogprobGrads, LogprobOut};
+use crate::device::{Device, DeviceExt, DevicePtr, Dtype, Gemm};
+use anyhow::{bail, ensure, Context, Result};
+
+const F32: usize = 4;
+const BF16: usize = 2;
+
+/// One parameter tensor on the device.
+#[derive(Clone, Copy, Debug)]
+struct Param {
+    len: usize,
+    master: DevicePtr,
+    /// bf16 copy (matrices only: the GEMM operands and the LM head).
+    half: Option<DevicePtr>,
+    grad: DevicePtr,
+}
+
+impl Param {
+    fn half(&self) -> DevicePtr {
+        self.half.expect("matrices have a bf16 copy")
+    }
+}
+
+/// Indices into `GpuModel::params` of one layer's tensors.
+#[derive(Clone, Copy, Debug)]
+struct LayerParams {
+    input_norm: usize,
+    q: usize,
+    q_bias: Option<usize>,
+    k: usize,
+    k_bias: Option<usize>,
+    v: usize,
+    v_bias: Option<usize>,
+    o: usize,
+    post_norm: usize,
+    gate: usize,
+    up: usize,
+    down: usize,
+}
+
+/// One layer's activations (a "slot"): what its backward reads.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    rstd1: DevicePtr,
+    xn1: DevicePtr,
+    xn1_b: DevicePtr,
+    q: DevicePtr,
+    k: DevicePtr,
+    v: DevicePtr,
+    q_b: DevicePtr,
+    k_b: DevicePtr,
+    v_b: DevicePtr,
+    out_b: DevicePtr,
+    lse: DevicePtr,
+    /// `out_b` without head padding (the same buffer when unpadded).
+    attn_b: DevicePtr,
+    x_mid: DevicePtr,
+    rstd2: DevicePtr,
+    xn2: DevicePtr,
+    xn2_b: DevicePtr,
+    gate: DevicePtr,
+    up: DevicePtr,
+    act: DevicePtr,
+    act_b: DevicePtr,
+}
+
+/// Buffers of one step that are not per layer.
+#[derive(Clone, Debug)]
+struct StepBuffers {
+    /// Token capacity these were sized for.
+    cap: usize,
+    ids: DevicePtr,
+    pos: DevicePtr,
+    targets: DevicePtr,
+    cu_seqlens: DevicePtr,
+    ones: DevicePtr,
+    /// Layer inputs `[cap, hidden]`, entry `num_layers` the last residual.
+    xs: Vec<DevicePtr>,
+    slots: Vec<Slot>,
+    final_rstd: DevicePtr,
+    hidden: DevicePtr,
+    hidden_b: DevicePtr,
+    logprob: DevicePtr,
+    entropy: DevicePtr,
+    lse_vocab: DevicePtr,
+    dlogprob: DevicePtr,
+    dentropy: DevicePtr,
+    /// Backward scratch.
+    dx: DevicePtr,
+    dh: DevicePtr,
+    dh_b: DevicePtr,
+    di1: DevicePtr,
+    di2: DevicePtr,
+    di1_b: DevicePtr,
+    di2_b: DevicePtr,
+    dq: DevicePtr,
+    dk: DevicePtr,
+    dv: DevicePtr,
+    dq_b: DevicePtr,
+    dk_b: DevicePtr,
+    dv_b: DevicePtr,
+    /// Padded attention gradients (the same as dq/dk/dv when unpadded).
+    dqp: DevicePtr,
+    dkp: DevicePtr,
+    dvp: DevicePtr,
+    dout_b: DevicePtr,
+    ws_attn: DevicePtr,
+    ws_lp_fwd: DevicePtr,
+    ws_lp_bwd: DevicePtr,
+    all: Vec<DevicePtr>,
+    bytes: usize,
+}
+
+/// What the last forward left for the backward.
+#[derive(Clone, Debug)]
+struct StepState {
+    n: usize,
+    batch: usize,
+    max_seqlen: usize,
+    /// Targets uploaded by `token_logprobs` (the backward needs them).
+    scored: bool,
+}
+
+/// Bytes the model holds on its device, by component.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeviceMemory {
+    pub master_weights: usize,
+    pub bf16_weights: usize,
+    pub gradients: usize,
+    /// AdamW's m and v (once a step has been taken on the device).
+    pub optimizer: usize,
+    /// Activations and scratch for `capacity_tokens` tokens.
+    pub activations: usize,
+    pub capacity_tokens: usize,
+}
+
+impl DeviceMemory {
+    pub fn total(&self) -> usize {
+        self.master_weights + self.bf16_weights + self.gradients + self.optimizer + self.activations
+    }
+}
+
+/// The Qwen2 model on a device.
+pub struct GpuModel {
+    dev: Box<dyn Device>,
+    pub cfg: ModelConfig,
+    out_vocab: usize,
+    /// Head dim the attention kernels run at (64 or 128).
+    hd_pad: usize,
+    pub recompute: bool,
+    params: Vec<Param>,
+    kinds: Vec<ParamKind>,
+    embed: usize,
+    layers: Vec<LayerParams>,
+    final_norm: usize,
+    lm_head: Option<usize>,
+    rope: RopeTable,
+    rope_dev: Option<(DevicePtr, DevicePtr, usize)>,
+    buf: Option<StepBuffers>,
+    state: Option<StepState>,
+    memory: DeviceMemory,
+}
+
+impl GpuModel {
+    /// Upload `model` (weights, RoPE table, settings) to `dev`.
+    pub fn new(mut dev: Box<dyn Device>, model: &Model) -> Result<Self> {
+        let cfg = model.cfg.clone();
+        if cfg.qk_norm {
+            bail!("the GPU model backend does not run q/k norm (Qwen3) yet; use backend = \"cpu\"");
+        }
+        let hd_pad = match cfg.head_dim {
+            d if d % 2 == 1 => bail!("head_dim {d} is odd; RoPE needs pairs"),
+            d if d <= 64 => 64,
+            128 => 128,
+            d => bail!("the GPU attention kernels run head dims up to 64 (padded) and 128; this model has {d}"),
+        };
+        ensure!(cfg.hidden_size % 8 == 0, "the fused LM-head kernels need hidden_size ({}) to be a multiple of 8", cfg.hidden_size);
+        let specs = param_specs(&cfg);
+        let tensors = model.weights.tensors();
+        ensure!(specs.len() == tensors.len(), "weights and config disagree on the parameter count");
+        let mut memory = DeviceMemory::default();
+        let mut params = Vec::with_capacity(specs.len());
+        let mut kinds = Vec::with_capacity(specs.len());
+        for ((name, _, kind), t) in specs.iter().zip(&tensors) {
+            let len = t.data.len();
+            let master = dev.upload_f32(&t.data).with_context(|| format!("uploading {name}"))?;
+            let half = if *kind == ParamKind::Matrix {
+                let h = dev.alloc(len * BF16)?;
+                gpu::f32_to_bf16(dev.as_mut(), h, master, len)?;
+                memory.bf16_weights += len * BF16;
+                Some(h)
+            } else {
+                None
+            };
+            let grad = dev.zeros(len * F32)?;
+            memory.master_weights += len * F32;
+            memory.gradients += len * F32;
+            params.push(Param { len, master, half, grad });
+            kinds.push(*kind);
+        }
+        // Indices in param_specs order (as Weights::build walks them).
+        let mut next = 0usize;
+        let mut take = || {
+            next += 1;
+            next - 1
+        };
+        let embed = take();
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for _ in 0..cfg.num_layers {
+            let input_norm = take();
+            let q = take();
+            let q_bias = cfg.qkv_bias.then(&mut take);
+            let k = take();
+            let k_bias = cfg.qkv_bias.then(&mut take);
+            let v = take();
+            let v_bias = cfg.qkv_bias.then(&mut take);
+            let o = take();
+            layers.push(LayerParams { input_norm, q, q_bias, k, k_bias, v, v_bias, o, post_norm: take(), gate: take(), up: take(), down: take() });
+        }
+        let final_norm = take();
+        let lm_head = (!cfg.tie_word_embeddings).then(&mut take);
+        ensure!(next == params.len(), "parameter layout mismatch: {next} walked, {} uploaded", params.len());
+        Ok(GpuModel {
+            dev,
+            out_vocab: model.out_vocab(),
+            hd_pad,
+            recompute: model.recompute,
+            params,
+            kinds,
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+            rope: model.rope.clone(),
+            rope_dev: None,
+            buf: None,
+            state: None,
+            memory,
+            cfg,
+        })
+    }
+
+    /// The device's name.
+    pub fn device_name(&self) -> String {
+        self.dev.name()
+    }
+
+    /// Bytes held on the device, by component.
+    pub fn memory(&self) -> &DeviceMemory {
+        &self.memory
+    }
+
+    fn shape(&self) -> AttnShape {
+        AttnShape { heads: self.cfg.num_heads, kv_heads: self.cfg.num_kv_heads, head_dim: self.hd_pad }
+    }
+
+    fn lm(&self) -> Param {
+        self.params[self.lm_head.unwrap_or(self.embed)]
+    }
+
+    // ----------------------------------------------------------------------
+    // Buffers
+    // ----------------------------------------------------------------------
+
+    /// Size the step buffers for `n` tokens (kept when large enough).
+    fn ensure_capacity(&mut self, n: usize) -> Result<()> {
+        if self.buf.as_ref().is_some_and(|b| b.cap >= n) {
+            return Ok(());
+        }
+        if let Some(old) = self.buf.take() {
+            for p in old.all {
+                self.dev.free(p)?;
+            }
+            self.memory.activations = 0;
+        }
+        let cap = n.max(16).next_power_of_two();
+        let c = &self.cfg;
+        let (h, i, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
+        let (heads, kvh, hdp, v) = (c.num_heads, c.num_kv_heads, self.hd_pad, self.out_vocab);
+        let padded = hdp != c.head_dim;
+        let dev = self.dev.as_mut();
+        let mut all = vec![];
+        let mut bytes = 0usize;
+        let mut a = |n_bytes: usize| -> Result<DevicePtr> {
+            // 256-byte granularity keeps every buffer 16-byte aligned on the
+            // simulated device too (cuMemAlloc aligns to 256 already).
+            let p = dev.alloc(n_bytes.max(1).next_multiple_of(256))?;
+            all.push(p);
+            bytes += n_bytes;
+            Ok(p)
+        };
+        let ids = a(cap * 4)?;
+        let pos = a(cap * 4)?;
+        let targets = a(cap * 4)?;
+        let cu = a((cap + 1) * 4)?;
+        let ones = a(cap * F32)?;
+        let xs = (0..=c.num_layers).map(|_| a(cap * h * F32)).collect::<Result<Vec<_>>>()?;
+        let n_slots = if self.recompute { 1 } else { c.num_layers.max(1) };
+        let mut slots = vec![];
+        for _ in 0..n_slots {
+            let out_b = a(cap * heads * hdp * BF16)?;
+            slots.push(Slot {
+                rstd1: a(cap * F32)?,
+                xn1: a(cap * h * F32)?,
+                xn1_b: a(cap * h * BF16)?,
+                q: a(cap * qd * F32)?,
+                k: a(cap * kvd * F32)?,
+                v: a(cap * kvd * F32)?,
+                q_b: a(cap * heads * hdp * BF16)?,
+                k_b: a(cap * kvh * hdp * BF16)?,
+                v_b: a(cap * kvh * hdp * BF16)?,
+                out_b,
+                lse: a(cap * heads * F32)?,
+                attn_b: if padded { a(cap * qd * BF16)? } else { out_b },
+                x_mid: a(cap * h * F32)?,
+                rstd2: a(cap * F32)?,
+                xn2: a(cap * h * F32)?,
+                xn2_b: a(cap * h * BF16)?,
+                gate: a(cap * i * F32)?,
+                up: a(cap * i * F32)?,
+                act: a(cap * i * F32)?,
+                act_b: a(cap * i * BF16)?,
+            });
+        }
+        let dq = a(cap * qd * F32)?;
+        let dk = a(cap * kvd * F32)?;
+        let dv = a(cap * kvd * F32)?;
+        let (dqp, dkp, dvp) = if padded {
+            (a(cap * heads * hdp * F32)?, a(cap * kvh * hdp * F32)?, a(cap * kvh * hdp * F32)?)
+        } else {
+            (dq, dk, dv)
+        };
+        let shape = AttnShape { heads, kv_heads: kvh, head_dim: hdp };
+        let b = StepBuffers {
+            cap,
+            ids,
+            pos,
+            targets,
+            cu_seqlens: cu,
+            ones,
+            xs,
+            slots,
+            final_rstd: a(cap * F32)?,
+            hidden: a(cap * h * F32)?,
+            hidden_b: a(cap * h * BF16)?,
+            logprob: a(cap * F32)?,
+            entropy: a(cap * F32)?,
+            lse_vocab: a(cap * F32)?,
+            dlogprob: a(cap * F32)?,
+            dentropy: a(cap * F32)?,
+            dx: a(cap * h * F32)?,
+            dh: a(cap * h * F32)?,
+            dh_b: a(cap * h * BF16)?,
+            di1: a(cap * i * F32)?,
+            di2: a(cap * i * F32)?,
+            di1_b: a(cap * i * BF16)?,
+            di2_b: a(cap * i * BF16)?,
+            dq,
+            dk,
+            dv,
+            dq_b: a(cap * qd * BF16)?,
+            dk_b: a(cap * kvd * BF16)?,
+            dv_b: a(cap * kvd * BF16)?,
+            dqp,
+            dkp,
+            dvp,
+            dout_b: a(cap * heads * hdp * BF16)?,
+            ws_attn: a(flash_attn_bwd_workspace_bytes(cap, shape))?,
+            ws_lp_fwd: a(lp_kernels::fwd_workspace_bytes(cap, v))?,
+            ws_lp_bwd: a(lp_kernels::bwd_workspace_bytes(cap, h, v).max(8))?,
+            all: vec![],
+            bytes: 0,
+        };
+        let mut b = b;
+        b.all = all;
+        b.bytes = bytes;
+        self.dev.write_f32(b.ones, &vec![1.0; cap])?;
+        self.memory.activations = b.bytes;
+        self.memory.capacity_tokens = cap;
+        self.buf = Some(b);
+        Ok(())
+    }
+
+    /// Upload the RoPE table when it has grown past what the device holds.
+    fn ensure_rope(&mut self, max_pos: usize) -> Result<()> {
+        self.rope.ensure(max_pos + 1);
+        let have = self.rope_dev.map_or(0, |r| r.2);
+        if have >= self.rope.positions() {
+            return Ok(());
+        }
+        if let Some((c, s, _)) = self.rope_dev.take() {
+            self.dev.free(c)?;
+            self.dev.free(s)?;
+        }
+        let c = self.dev.upload_f32(&self.rope.cos)?;
+        let s = self.dev.upload_f32(&self.rope.sin)?;
+        self.rope_dev = Some((c, s, self.rope.positions()));
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------------
+    // GEMM helpers: every matrix row-major, bf16 operands, fp32 accumulation.
+    // ----------------------------------------------------------------------
+
+    /// `y [n, out] (+)= x_b [n, in] · W_bᵀ` (W stored `[out, in]`), then `+ bias`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_fwd(&mut self, y: DevicePtr, x_b: DevicePtr, w: usize, bias: Option<usize>, n: usize, inp: usize, out: usize, beta: f32) -> Result<()> {
+        let wp = self.params[w];
+        let g = Gemm::new(n, out, inp).trans_b(true).types(Dtype::Bf16, Dtype::F32).scale(1.0, beta);
+        self.dev.gemm(&g, y, x_b, wp.half())?;
+        if let Some(b) = bias {
+            let ones = self.buf.as_ref().expect("buffers").ones;
+            let g = Gemm::new(n, out, 1).scale(1.0, 1.0);
+            self.dev.gemm(&g, y, ones, self.params[b].master)?;
+        }
+        Ok(())
+    }
+
+    /// Backward of `linear_fwd`: `dx [n, in] (+)= dy_b · W_b` and
+    /// `dW += dy_bᵀ · x_b`, `dbias += 1ᵀ · dy` (fp32 `dy`).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_bwd(&mut self, dx: DevicePtr, dx_beta: f32, dy_b: DevicePtr, dy: DevicePtr, x_b: DevicePtr, w: usize, bias: Option<usize>, n: usize, inp: usize, out: usize) -> Result<()> {
+        let wp = self.params[w];
+        let g = Gemm::new(n, inp, out).types(Dtype::Bf16, Dtype::F32).scale(1.0, dx_beta);
+        self.dev.gemm(&g, dx, dy_b, wp.half())?;
+        let g = Gemm::new(out, inp, n).trans_a(true).types(Dtype::Bf16, Dtype::F32).scale(1.0, 1.0);
+        self.dev.gemm(&g, wp.grad, dy_b, x_b)?;
+        if let Some(b) = bias {
+            let ones = self.buf.as_ref().expect("buffers").ones;
+            let g = Gemm::new(1, out, n).trans_a(true).scale(1.0, 1.0);
+            self.dev.gemm(&g, self.params[b].grad, ones, dy)?;
+        }
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------------
+    // Forward
+    // ----------------------------------------------------------------------
+
+    /// One layer's forward from `xs[l]`; writes `xs[l + 1]` when `output`.
+    fn layer_fwd(&mut self, l: usize, output: bool) -> Result<()> {
+        let st = self.state.clone().expect("forward state");
+        let b = self.buf.clone().expect("buffers");
+        let a = b.slots[if self.recompute { 0 } else { l }];
+        let w = self.layers[l];
+        let c = self.cfg.clone();
+        let (n, h, i, qd, kvd, hd, hdp) = (st.n, c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.head_dim, self.hd_pad);
+        let (heads, kvh) = (c.num_heads, c.num_kv_heads);
+        let (cos, sin, _) = self.rope_dev.expect("rope table");
+        let shape = self.shape();
+        let dev = self.dev.as_mut();
+
+        gpu::rmsnorm_fwd(dev, a.xn1, a.rstd1, None, b.xs[l], None, self.params[w.input_norm].master, n, h, c.rms_norm_eps)?;
+        gpu::f32_to_bf16(dev, a.xn1_b, a.xn1, n * h)?;
+        self.linear_fwd(a.q, a.xn1_b, w.q, w.q_bias, n, h, qd, 0.0)?;
+        self.linear_fwd(a.k, a.xn1_b, w.k, w.k_bias, n, h, kvd, 0.0)?;
+        self.linear_fwd(a.v, a.xn1_b, w.v, w.v_bias, n, h, kvd, 0.0)?;
+        let dev = self.dev.as_mut();
+        gpu::rope_fwd(dev, a.q, b.pos, cos, sin, n, heads, hd / 2)?;
+        gpu::rope_fwd(dev, a.k, b.pos, cos, sin, n, kvh, hd / 2)?;
+        gpu::pad_heads_bf16(dev, a.q_b, a.q, n * heads, hd, hdp)?;
+        gpu::pad_heads_bf16(dev, a.k_b, a.k, n * kvh, hd, hdp)?;
+        gpu::pad_heads_bf16(dev, a.v_b, a.v, n * kvh, hd, hdp)?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        flash_attn_fwd_scaled(dev, a.out_b, a.lse, a.q_b, a.k_b, a.v_b, b.cu_seqlens, st.batch, st.max_seqlen, shape, scale)?;
+        if a.attn_b != a.out_b {
+            gpu::unpad_heads_bf16(dev, a.attn_b, a.out_b, n * heads, hd, hdp)?;
+        }
+        // x_mid = x + attn · Woᵀ
+        dev.copy_d2d(a.x_mid, b.xs[l], n * h * F32)?;
+        self.linear_fwd(a.x_mid, a.attn_b, w.o, None, n, qd, h, 1.0)?;
+
+        let dev = self.dev.as_mut();
+        gpu::rmsnorm_fwd(dev, a.xn2, a.rstd2, None, a.x_mid, None, self.params[w.post_norm].master, n, h, c.rms_norm_eps)?;
+        gpu::f32_to_bf16(dev, a.xn2_b, a.xn2, n * h)?;
+        self.linear_fwd(a.gate, a.xn2_b, w.gate, None, n, h, i, 0.0)?;
+        self.linear_fwd(a.up, a.xn2_b, w.up, None, n, h, i, 0.0)?;
+        let dev = self.dev.as_mut();
+        gpu::swiglu_fwd(dev, a.act, a.gate, a.up, n * i)?;
+        gpu::f32_to_bf16(dev, a.act_b, a.act, n * i)?;
+        if output {
+            // x_{l+1} = x_mid + act · Wdᵀ
+            dev.copy_d2d(b.xs[l + 1], a.x_mid, n * h * F32)?;
+            self.linear_fwd(b.xs[l + 1], a.act_b, w.down, None, n, i, h, 1.0)?;
+        }
+        Ok(())
+    }
+
+    /// The training forward over a packed batch; the activations stay on the
+    /// device for `token_logprobs` and `backward`.
+    pub fn forward(&mut self, batch: &Batch) -> Result<()> {
+        let n = batch.len();
+        ensure!(n > 0, "the GPU forward got an empty batch");
+        ensure!(batch.pos.len() == n, "batch: {} positions for {n} tokens", batch.pos.len());
+        if let Some(&bad) = batch.ids.iter().find(|&&t| t as usize >= self.out_vocab) {
+            bail!("token id {bad} is outside the model's vocabulary of {}", self.out_vocab);
+        }
+        let lens: Vec<usize> = batch.seqs.iter().map(|r| r.len()).collect();
+        ensure!(lens.iter().sum::<usize>() == n && batch.seqs.windows(2).all(|w| w[0].end == w[1].start), "batch: sequences must tile the tokens in order");
+        let max_pos = batch.pos.iter().copied().max().unwrap_or(0) as usize;
+        self.ensure_capacity(n)?;
+        self.ensure_rope(max_pos)?;
+        let b = self.buf.clone().expect("buffers");
+        let dev = self.dev.as_mut();
+        dev.copy_h2d(b.ids, &u32_bytes(&batch.ids))?;
+        dev.copy_h2d(b.pos, &u32_bytes(&batch.pos))?;
+        dev.copy_h2d(b.cu_seqlens, &u32_bytes(&cu_seqlens(&lens)))?;
+        self.state = Some(StepState { n, batch: lens.len(), max_seqlen: lens.iter().copied().max().unwrap_or(0), scored: false });
+
+        let h = self.cfg.hidden_size;
+        gpu::embedding_fwd(dev, b.xs[0], self.params[self.embed].master, b.ids, n, h)?;
+        for l in 0..self.cfg.num_layers {
+            self.layer_fwd(l, true).with_context(|| format!("GPU forward, layer {l}"))?;
+        }
+        let dev = self.dev.as_mut();
+        let last = b.xs[self.cfg.num_layers];
+        gpu::rmsnorm_fwd(dev, b.hidden, b.final_rstd, None, last, None, self.params[self.final_norm].master, n, h, self.cfg.rms_norm_eps)?;
+        gpu::f32_to_bf16(dev, b.hidden_b, b.hidden, n * h)
+    }
+
+    /// Log-prob and entropy of `targets` at every position of the last
+    /// forward (the fused LM-head kernel), downloaded.
+    pub fn token_logprobs(&mut self, targets: &[u32]) -> Result<TokenLogprobs> {
+        let st = self.state.as_mut().context("token_logprobs before forward")?;
+        ensure!(targets.len() == st.n, "{} targets for {} tokens", targets.len(), st.n);
+        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= self.out_vocab) {
+            bail!("target id {bad} is outside the model's vocabulary of {}", self.out_vocab);
+        }
+        st.scored = true;
+        let n = st.n;
+        let b = self.buf.clone().expect("buffers");
+        let lm = self.lm();
+        let (h, v) = (self.cfg.hidden_size, self.out_vocab);
+        let dev = self.dev.as_mut();
+        dev.copy_h2d(b.targets, &u32_bytes(targets))?;
+        let out = LogprobOut { logprob: b.logprob, entropy: b.entropy, lse: b.lse_vocab };
+        lp_kernels::logprob_entropy_fwd(dev, &out, b.hidden_b, lm.half(), b.targets, n, h, v, b.ws_lp_fwd)?;
+        Ok(TokenLogprobs { logprob: dev.download_f32(b.logprob, n)?, entropy: dev.download_f32(b.entropy, n)?, lse: dev.download_f32(b.lse_vocab, n)? })
+    }
+
+    // ----------------------------------------------------------------------
+    // Backward
+    // ----------------------------------------------------------------------
+
+    /// One layer's backward: `b.dx` holds d x_{l+1} on entry, d x_l on exit.
+    fn layer_bwd(&mut self, l: usize) -> Result<()> {
+        let st = self.state.clone().expect("forward state");
+        let b = self.buf.clone().expect("buffers");
+        let a = b.slots[if self.recompute { 0 } else { l }];
+        let w = self.layers[l];
+        let c = self.cfg.clone();
+        let (n, h, i, qd, kvd, hd, hdp) = (st.n, c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.head_dim, self.hd_pad);
+        let (heads, kvh) = (c.num_heads, c.num_kv_heads);
+        let (cos, sin, _) = self.rope_dev.expect("rope table");
+        let shape = self.shape();
+
+        // MLP: x_{l+1} = x_mid + down(swiglu(gate(xn2), up(xn2)))
+        gpu::f32_to_bf16(self.dev.as_mut(), b.dh_b, b.dx, n * h)?;
+        self.linear_bwd(b.di1, 0.0, b.dh_b, b.dx, a.act_b, w.down, None, n, i, h)?; // di1 = dact
+        gpu::swiglu_bwd(self.dev.as_mut(), b.di1, b.di2, b.di1, a.gate, a.up, n * i)?; // di1 = dgate, di2 = dup
+        let dev = self.dev.as_mut();
+        gpu::f32_to_bf16(dev, b.di1_b, b.di1, n * i)?;
+        gpu::f32_to_bf16(dev, b.di2_b, b.di2, n * i)?;
+        self.linear_bwd(b.dh, 0.0, b.di1_b, b.di1, a.xn2_b, w.gate, None, n, h, i)?;
+        self.linear_bwd(b.dh, 1.0, b.di2_b, b.di2, a.xn2_b, w.up, None, n, h, i)?;
+        gpu::rmsnorm_bwd(self.dev.as_mut(), b.dx, self.params[w.post_norm].grad, b.dh, a.x_mid, self.params[w.post_norm].master, a.rstd2, n, h, true)?;
+
+        // Attention: x_mid = x + o_proj(attn(rope(q), rope(k), v))
+        gpu::f32_to_bf16(self.dev.as_mut(), b.dh_b, b.dx, n * h)?;
+        self.linear_bwd(b.dq, 0.0, b.dh_b, b.dx, a.attn_b, w.o, None, n, qd, h)?; // dq = d attn
+        let dev = self.dev.as_mut();
+        gpu::pad_heads_bf16(dev, b.dout_b, b.dq, n * heads, hd, hdp)?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        flash_attn_bwd_scaled(
+            dev, b.dqp, b.dkp, b.dvp, b.dout_b, a.q_b, a.k_b, a.v_b, a.out_b, a.lse, b.cu_seqlens, st.batch, n, st.max_seqlen, shape, scale, true, b.ws_attn,
+        )?;
+        if hdp != hd {
+            gpu::unpad_heads_f32(dev, b.dq, b.dqp, n * heads, hd, hdp)?;
+            gpu::unpad_heads_f32(dev, b.dk, b.dkp, n * kvh, hd, hdp)?;
+            gpu::unpad_heads_f32(dev, b.dv, b.dvp, n * kvh, hd, hdp)?;
+        }
+        gpu::rope_bwd(dev, b.dq, b.pos, cos, sin, n, heads, hd / 2)?;
+        gpu::rope_bwd(dev, b.dk, b.pos, cos, sin, n, kvh, hd / 2)?;
+        gpu::f32_to_bf16(dev, b.dq_b, b.dq, n * qd)?;
+        gpu::f32_to_bf16(dev, b.dk_b, b.dk, n * kvd)?;
+        gpu::f32_to_bf16(dev, b.dv_b, b.dv, n * kvd)?;
+        self.linear_bwd(b.dh, 0.0, b.dq_b, b.dq, a.xn1_b, w.q, w.q_bias, n, h, qd)?;
+        self.linear_bwd(b.dh, 1.0, b.dk_b, b.dk, a.xn1_b, w.k, w.k_bias, n, h, kvd)?;
+        self.linear_bwd(b.dh, 1.0, b.dv_b, b.dv, a.xn1_b, w.v, w.v_bias, n, h, kvd)?;
+        gpu::rmsnorm_bwd(self.dev.as_mut(), b.dx, self.params[w.input_norm].grad, b.dh, b.xs[l], self.params[w.input_norm].master, a.rstd1, n, h, true)
+    }
+
+    /// The backward from d loss / d logprob and d loss / d entropy per token
+    /// of the last `token_logprobs`: parameter gradients are ADDED to the
+    /// device's gradient buffers (see `zero_grads`, `download_grads`).
+    pub fn backward(&mut self, g_logprob: &[f32], g_entropy: &[f32]) -> Result<()> {
+        let st = self.state.clone().context("backward before forward")?;
+        ensure!(st.scored, "backward before token_logprobs");
+        ensure!(g_logprob.len() == st.n && g_entropy.len() == st.n, "backward: {} / {} gradients for {} tokens", g_logprob.len(), g_entropy.len(), st.n);
+        let b = self.buf.clone().expect("buffers");
+        let lm = self.lm();
+        let (n, h, v) = (st.n, self.cfg.hidden_size, self.out_vocab);
+        let dev = self.dev.as_mut();
+        dev.write_f32(b.dlogprob, g_logprob)?;
+        dev.write_f32(b.dentropy, g_entropy)?;
+        let g = LogprobGrads { dlogprob: b.dlogprob, dentropy: b.dentropy, lse: b.lse_vocab, entropy: b.entropy };
+        // The LM head's rows past the output vocabulary get no gradient.
+        lp_kernels::logprob_entropy_bwd(dev, b.dh, lm.grad, b.hidden_b, lm.half(), b.targets, &g, n, h, v, true, b.ws_lp_bwd)?;
+        let last = b.xs[self.cfg.num_layers];
+        let fnorm = self.params[self.final_norm];
+        gpu::rmsnorm_bwd(dev, b.dx, fnorm.grad, b.dh, last, fnorm.master, b.final_rstd, n, h, false)?;
+        for l in (0..self.cfg.num_layers).rev() {
+            if self.recompute {
+                self.layer_fwd(l, false).with_context(|| format!("GPU recompute, layer {l}"))?;
+            }
+            self.layer_bwd(l).with_context(|| format!("GPU backward, layer {l}"))?;
+        }
+        gpu::embedding_bwd(self.dev.as_mut(), self.params[self.embed].grad, b.dx, b.ids, n, h)
+    }
+
+    // ----------------------------------------------------------------------
+    // Parameters
+    // ----------------------------------------------------------------------
+
+    pub fn zero_grads(&mut self) -> Result<()> {
+        for p in &self.params {
+            self.dev.memset_zero(p.grad, p.len * F32)?;
+        }
+        Ok(())
+    }
+
+    /// The gradients, as host `Weights` (parameter order and shapes of `cfg`).
+    pub fn download_grads(&mut self) -> Result<Weights> {
+        let mut w = Weights::zeros(&self.cfg);
+        for (t, p) in w.tensors_mut().into_iter().zip(&self.params) {
+            t.data = self.dev.download_f32(p.grad, p.len)?;
+        }
+        Ok(w)
+    }
+
+    /// The fp32 master weights, as host `Weights`.
+    pub fn download_weights(&mut self) -> Result<Weights> {
+        let mut w = Weights::zeros(&self.cfg);
+        for (t, p) in w.tensors_mut().into_iter().zip(&self.params) {
+            t.data = self.dev.download_f32(p.master, p.len)?;
+        }
+        Ok(w)
+    }
+
+    /// Replace the weights (fp32 masters and their bf16 copies) with `w`.
+    pub fn upload_weights(&mut self, w: &Weights) -> Result<()> {
+        let tensors = w.tensors();
+        ensure!(tensors.len() == self.params.len(), "upload_weights: {} tensors for {} parameters", tensors.len(), self.params.len());
+        for (t, p) in tensors.into_iter().zip(&self.params) {
+            ensure!(t.data.len() == p.len, "upload_weights: a tensor of {} values for a parameter of {}", t.data.len(), p.len);
+            self.dev.write_f32(p.master, &t.data)?;
+            if let Some(hp) = p.half {
+                gpu::f32_to_bf16(self.dev.as_mut(), hp, p.master, p.len)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// AdamW on every parameter with the gradients as they are (fp32
+    /// masters and m/v on the device, the bf16 copies refreshed); weight
+    /// decay as `train::optimizer::AdamW` applies it. m and v are allocated
+    /// on the first call. Global-norm clipping is not done here yet.
+    pub fn adamw_step(&mut self, state: &mut DeviceAdamW, step: u64, hp: crate::backend::cpu::adamw::AdamWParams, decay_norms_and_biases: bool) -> Result<()> {
+        if state.moments.is_empty() {
+            for p in &self.params {
+                let m = self.dev.zeros(p.len * F32)?;
+                let v = self.dev.zeros(p.len * F32)?;
+                state.moments.push((m, v));
+                self.memory.optimizer += 2 * p.len * F32;
+            }
+        }
+        for ((p, kind), (m, v)) in self.params.iter().zip(&self.kinds).zip(&state.moments) {
+            let decay = *kind == ParamKind::Matrix || decay_norms_and_biases;
+            gpu::adamw_step(self.dev.as_mut(), p.master, p.half, p.grad, *m, *v, p.len, step, hp, decay)?;
+        }
+        Ok(())
+    }
+}
+
+/// AdamW's first and second moments on the device, one pair per parameter.
+#[derive(Debug, Default)]
+pub struct DeviceAdamW {
+    moments: Vec<(DevicePtr, DevicePtr)>,
+}
+
+fn u32_bytes(v: &[u32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+// --------------------------------------------------------------------------
+// The training step against the CPU backend (tests, `appliance selftest`)
+// --------------------------------------------------------------------------
+
+/// How far one training step on a device is from the CPU backend's.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepComparison {
+    pub device: String,
+    pub tokens: usize,
+    /// Max |device − CPU| over tokens (nats).
+    pub logprob_err: f64,
+    pub entropy_err: f64,
+    pub loss_cpu: f64,
+    pub loss_device: f64,
+    /// Per parameter: ‖g_device − g_cpu‖₂ / ‖g_cpu‖₂.
+    pub grad_errs: Vec<(String, f64)>,
+    /// The largest of `grad_errs`.
+    pub max_grad_err: f64,
+    /// Device AdamW vs the CPU AdamW fed the device's gradients: max
+    /// |Δweight| relative to the largest weight.
+    pub adamw_err: f64,
+}
+
+/// A packed batch of sequences of `lens` tokens, ids drawn from `seed`.
+pub fn random_batch(lens: &[usize], vocab: usize, seed: u64) -> Batch {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let seqs: Vec<Vec<u32>> = lens.iter().map(|&l| (0..l).map(|_| rng.gen_range(0..vocab as u32)).collect()).collect();
+    Batch::from_sequences(&seqs)
+}
+
+/// One DAPO training step of `model` on `batch`, on the CPU and on `dev`:
+/// forward, log-probs and entropies, the DAPO loss (old log-probs a fixed
+/// perturbation of the CPU's, advantages ±1 by sequence, an entropy term
+/// so that its backward runs too), backward, and one AdamW update.
+pub fn compare_training_step(dev: Box<dyn Device>, model: &Model, batch: &Batch, recompute: bool) -> Result<StepComparison> {
+    use crate::backend::cpu::adamw::{adamw_step, AdamWParams};
+    use crate::backend::cpu::dapo_loss::{dapo_loss, DapoConfig};
+    let n = batch.len();
+    let (targets, mask) = batch.next_token_targets();
+    let mut adv = vec![0.0f32; n];
+    for (s, r) in batch.seqs.iter().enumerate() {
+        adv[r.clone()].fill(if s % 2 == 0 { 1.0 } else { -1.0 });
+    }
+    let n_mask = mask.iter().filter(|&&m| m).count();
+    let cfg = DapoConfig { eps_low: 0.2, eps_high: 0.28, delta: 1e-6 };
+    let g_entropy: Vec<f32> = mask.iter().map(|&m| if m { 0.5 / n_mask as f32 } else { 0.0 }).collect();
+
+    // CPU.
+    let mut cpu = model.clone();
+    cpu.recompute = recompute;
+    let st = cpu.forward(batch)?;
+    let lp_cpu = cpu.token_logprobs(&st, &targets);
+    let old: Vec<f32> = lp_cpu.logprob.iter().enumerate().map(|(i, &l)| l + 0.15 * ((i as f32) * 0.7).sin()).collect();
+    let out_cpu = dapo_loss(&lp_cpu.logprob, &old, &adv, &mask, n_mask, &cfg)?;
+    let mut g_cpu = Weights::zeros(&cpu.cfg);
+    cpu.backward(batch, &st, &targets, &lp_cpu, &out_cpu.grad_logp, &g_entropy, &mut g_cpu);
+
+    // Device.
+    let mut m = model.clone();
+    m.recompute = recompute;
+    let mut gm = GpuModel::new(dev, &m)?;
+    let device = gm.device_name();
+    gm.forward(batch)?;
+    let lp_dev = gm.token_logprobs(&targets)?;
+    let out_dev = dapo_loss(&lp_dev.logprob, &old, &adv, &mask, n_mask, &cfg)?;
+    gm.zero_grads()?;
+    gm.backward(&out_dev.grad_logp, &g_entropy)?;
+    let g_dev = gm.download_grads()?;
+
+    let max_abs = |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
+    let masked = |v: &[f32]| -> Vec<f32> { v.iter().zip(&mask).map(|(&x, &k)| if k { x } else { 0.0 }).collect() };
+    let mut grad_errs = vec![];
+    for ((name, _, _), (a, b)) in param_specs(&m.cfg).into_iter().zip(g_dev.tensors().into_iter().zip(g_cpu.tensors())) {
+        let (mut num, mut den) = (0.0f64, 0.0f64);
+        for (x, y) in a.data.iter().zip(&b.data) {
+            num += (*x as f64 - *y as f64).powi(2);
+            den += (*y as f64).powi(2);
+        }
+        let e = if den > 0.0 { (num / den).sqrt() } else if num > 0.0 { f64::INFINITY } else { 0.0 };
+        grad_errs.push((name, if e.is_nan() { f64::INFINITY } else { e }));
+    }
+    let max_grad_err = grad_errs.iter().fold(0.0f64, |m, e| m.max(e.1));
+
+    // AdamW: the device's update against the CPU's, both from the device's gradients.
+    let hp = AdamWParams { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
+    let mut opt = DeviceAdamW::default();
+    gm.adamw_step(&mut opt, 1, hp, false)?;
+    let w_dev = gm.download_weights()?;
+    let mut w_cpu = m.weights.clone();
+    let kinds: Vec<ParamKind> = param_specs(&m.cfg).into_iter().map(|s| s.2).collect();
+    let (mut adamw_err, mut scale) = (0.0f64, 1e-30f64);
+    for (((p, g), k), d) in w_cpu.tensors_mut().into_iter().zip(g_dev.tensors()).zip(&kinds).zip(w_dev.tensors()) {
+        let (mut mm, mut vv) = (vec![0.0; p.data.len()], vec![0.0; p.data.len()]);
+        adamw_step(&mut p.data, &g.data, &mut mm, &mut vv, 1, hp, *k == ParamKind::Matrix);
+        adamw_err = adamw_err.max(max_abs(&p.data, &d.data));
+        scale = p.data.iter().fold(scale, |s, &x| s.max(x.abs() as f64));
+    }
+
+    Ok(StepComparison {
+        device,
+        tokens: n,
+        logprob_err: max_abs(&masked(&lp_dev.logprob), &masked(&lp_cpu.logprob)),
+        entropy_err: max_abs(&lp_dev.entropy, &lp_cpu.entropy),
+        loss_cpu: out_cpu.loss,
+        loss_device: out_dev.loss,
+        grad_errs,
+        max_grad_err,
+        adamw_err: adamw_err / scale,
+    })
+}
