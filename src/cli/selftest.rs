@@ -1,5 +1,6 @@
 //! `appliance selftest`: every kernel against its CPU reference on the GPUs
-//! present, or on the simulated device with `--sim`. Prints a table (or
+//! present, or on the simulated device with `--sim`, then the GPU model
+//! backend's whole training step against the CPU backend's (`model_step`). Prints a table (or
 //! JSON) of pass/fail, max error and time; exits non-zero if any fails.
 //! Exit codes: 0 all passed, 1 a kernel failed or an error, 3 no GPU (and
 //! no `--sim`).
@@ -64,6 +65,16 @@ pub fn run(a: Args) -> Result<()> {
         };
         for c in run_each(dev.as_mut(), quick, a.filter.as_deref(), print) {
             all.push((name.clone(), c));
+        }
+        // The whole training step of the GPU model backend, on a fresh
+        // device each (it owns its device).
+        if a.filter.as_deref().is_none_or(|f| "model_step".contains(f)) {
+            let mut open = || -> Result<Box<dyn Device>> {
+                Ok(if a.sim { Box::new(crate::device::sim::SimDevice::new()?) } else { Box::new(cuda::CudaDevice::new(i)?) })
+            };
+            for c in crate::model::qwen2_gpu::step_checks(&mut open, quick, print) {
+                all.push((name.clone(), c));
+            }
         }
     }
     let failed = all.iter().filter(|(_, c)| !c.passed).count();

@@ -756,6 +756,95 @@ pub struct StepComparison {
     pub adamw_err: f64,
 }
 
+impl StepComparison {
+    /// Log-probs and entropies within 2e-2 nats, the loss within 1%, every
+    /// gradient within 3% (relative L2), AdamW within 1e-6: the device's
+    /// GEMM operands and attention are bf16, the CPU's f32.
+    pub fn failures(&self) -> Vec<String> {
+        let mut f = vec![];
+        if !(self.logprob_err < 2e-2) {
+            f.push(format!("log-probs differ by {:e}", self.logprob_err));
+        }
+        if !(self.entropy_err < 2e-2) {
+            f.push(format!("entropies differ by {:e}", self.entropy_err));
+        }
+        if !((self.loss_cpu - self.loss_device).abs() <= 1e-2 * self.loss_cpu.abs().max(1e-3)) {
+            f.push(format!("loss {} vs the CPU's {}", self.loss_device, self.loss_cpu));
+        }
+        for (name, e) in &self.grad_errs {
+            if !(*e < 3e-2) {
+                f.push(format!("gradient of {name} differs by {e:e}"));
+            }
+        }
+        if !(self.adamw_err < 1e-6) {
+            f.push(format!("AdamW differs by {:e}", self.adamw_err));
+        }
+        f
+    }
+}
+
+/// A small untied Qwen2 for checks: 4 heads of `head_dim`, GQA 4, 2 layers.
+pub fn check_model(head_dim: usize) -> Result<Model> {
+    let json = format!(
+        r#"{{"model_type":"qwen2","vocab_size":320,"hidden_size":{},"intermediate_size":384,"num_hidden_layers":2,
+            "num_attention_heads":4,"num_key_value_heads":1,"max_position_embeddings":4096,"rms_norm_eps":1e-6,
+            "rope_theta":1000000.0,"tie_word_embeddings":false}}"#,
+        4 * head_dim
+    );
+    let cfg = ModelConfig::from_json_str(&json, "check model")?;
+    let w = Weights::init(&cfg, 3, 0.02);
+    Ok(Model::new(cfg, w))
+}
+
+/// The training-step checks `appliance selftest` runs after the kernels:
+/// the tiny model (head dim 32, padded) with and without recomputation,
+/// and head dims 64 and 128 untied (the last only without `quick`).
+pub fn step_checks(open: &mut dyn FnMut() -> Result<Box<dyn Device>>, quick: bool, mut each: impl FnMut(&crate::backend::gpu::checks::KernelCheck)) -> Vec<crate::backend::gpu::checks::KernelCheck> {
+    let mut cases: Vec<(String, Result<Model>, Vec<usize>, bool)> = vec![
+        ("tiny hd32 tied".into(), Ok(super::tiny::tiny_model(0)), vec![37, 70, 20], false),
+        ("tiny hd32 tied, recompute".into(), Ok(super::tiny::tiny_model(0)), vec![37, 70, 20], true),
+        ("hd64 gqa4 untied".into(), check_model(64), vec![65, 9], false),
+    ];
+    if !quick {
+        cases.push(("hd128 gqa4 untied, recompute".into(), check_model(128), vec![513, 64, 1], true));
+    }
+    let mut out = vec![];
+    for (name, model, lens, recompute) in cases {
+        let t = std::time::Instant::now();
+        let shape = format!("{name} {lens:?}");
+        let r = model.and_then(|m| {
+            let batch = random_batch(&lens, m.out_vocab(), 7);
+            compare_training_step(open()?, &m, &batch, recompute)
+        });
+        let c = match r {
+            Ok(c) => {
+                let f = c.failures();
+                crate::backend::gpu::checks::KernelCheck {
+                    kernel: "model_step".into(),
+                    shape,
+                    max_err: c.max_grad_err,
+                    tolerance: 3e-2,
+                    passed: f.is_empty(),
+                    seconds: t.elapsed().as_secs_f64(),
+                    error: (!f.is_empty()).then(|| f.join("; ")),
+                }
+            }
+            Err(e) => crate::backend::gpu::checks::KernelCheck {
+                kernel: "model_step".into(),
+                shape,
+                max_err: f64::INFINITY,
+                tolerance: 3e-2,
+                passed: false,
+                seconds: t.elapsed().as_secs_f64(),
+                error: Some(format!("{e:#}")),
+            },
+        };
+        each(&c);
+        out.push(c);
+    }
+    out
+}
+
 /// A packed batch of sequences of `lens` tokens, ids drawn from `seed`.
 pub fn random_batch(lens: &[usize], vocab: usize, seed: u64) -> Batch {
     use rand::{Rng, SeedableRng};
