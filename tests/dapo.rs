@@ -428,3 +428,41 @@ fn the_dapo_config_section_is_validated_with_the_file_and_keys() {
     let e = Config::from_str_over_default("[dapo]\neps_hi = 0.3\n", "user.toml").unwrap_err().to_string();
     assert!(e.contains("eps_hi"), "{e}");
 }
+
+/// The trainer's path on the GPU model backend (here the simulated device):
+/// two DAPO steps of three micro-batches each (gradients accumulated from
+/// the device, the host AdamW, weights uploaded again before the second
+/// step) take the CPU's steps to bf16 rounding.
+#[test]
+fn dapo_steps_on_the_simulated_device_follow_the_cpu() {
+    let mut base = sharpened_model();
+    let rolls = rollouts(&mut base, &prompts(), 12, 5);
+    let samples = spread_rho(&mut base, &samples_from(&rolls, &[1.5, -0.7, 0.4]));
+    let run = |device: bool| {
+        let mut m = base.clone();
+        if device {
+            appliance::model::qwen2_gpu::attach(&mut m, Box::new(appliance::device::sim::SimDevice::new().unwrap())).unwrap();
+        }
+        let mut opt = AdamW::new(OptimConfig { lr: 1e-4, ..Default::default() }, &m.cfg);
+        let mut g = Weights::zeros(&m.cfg);
+        let steps: Vec<_> = (0..2).map(|_| dapo_step(&mut m, &mut opt, &mut g, &samples, &CFG, 1e-4, 1).unwrap()).collect();
+        (m, steps)
+    };
+    let (cpu, a) = run(false);
+    let (dev, b) = run(true);
+    assert!(dev.train_device.is_some() && cpu.train_device.is_none());
+    for (x, y) in a.iter().zip(&b) {
+        eprintln!("cpu {x:?}\ndev {y:?}");
+        assert_eq!((x.tokens, x.sequences), (y.tokens, y.sequences));
+        for (p, q, what) in [(x.loss, y.loss, "loss"), (x.grad_norm, y.grad_norm, "grad norm"), (x.entropy, y.entropy, "entropy")] {
+            assert!((p - q).abs() <= 2e-2 * p.abs().max(1e-2), "{what}: cpu {p} vs device {q}");
+        }
+    }
+    // The weights moved the same way: the paths differ by a small part of the move.
+    let flat = |w: &Weights| -> Vec<f32> { w.tensors().iter().flat_map(|t| t.data.iter().copied()).collect() };
+    let (w0, wc, wd) = (flat(&base.weights), flat(&cpu.weights), flat(&dev.weights));
+    let norm = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+    let (moved, apart) = (norm(&wc, &w0), norm(&wc, &wd));
+    eprintln!("moved {moved:e}, cpu and device apart by {apart:e}");
+    assert!(moved > 0.0 && apart < 0.1 * moved, "moved {moved}, apart {apart}");
+}

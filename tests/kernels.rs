@@ -57,7 +57,7 @@ fn a_wrong_launch_fails_loudly_on_the_simulated_device() {
 
 /// The whole training step (forward, fused log-probs, DAPO loss, backward,
 /// AdamW) of the GPU model backend on `dev`, against the CPU backend.
-fn assert_step_matches(dev: Box<dyn Device>, model: &appliance::model::qwen2::Model, lens: &[usize], recompute: bool) -> appliance::model::qwen2_gpu::StepComparison {
+fn assert_step_matches(dev: Box<dyn Device + Send>, model: &appliance::model::qwen2::Model, lens: &[usize], recompute: bool) -> appliance::model::qwen2_gpu::StepComparison {
     use appliance::model::qwen2_gpu::{compare_training_step, random_batch};
     let batch = random_batch(lens, model.out_vocab(), 7);
     let c = compare_training_step(dev, model, &batch, recompute).unwrap();

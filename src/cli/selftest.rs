@@ -69,7 +69,7 @@ pub fn run(a: Args) -> Result<()> {
         // The whole training step of the GPU model backend, on a fresh
         // device each (it owns its device).
         if a.filter.as_deref().is_none_or(|f| "model_step".contains(f)) {
-            let mut open = || -> Result<Box<dyn Device>> {
+            let mut open = || -> Result<Box<dyn Device + Send>> {
                 Ok(if a.sim { Box::new(crate::device::sim::SimDevice::new()?) } else { Box::new(cuda::CudaDevice::new(i)?) })
             };
             for c in crate::model::qwen2_gpu::step_checks(&mut open, quick, print) {

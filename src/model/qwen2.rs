@@ -20,7 +20,7 @@ use crate::backend::cpu::matmul::{linear_bwd, linear_fwd};
 use crate::backend::cpu::rmsnorm::{rmsnorm_bwd, rmsnorm_fwd};
 use crate::backend::cpu::rope::{rope_bwd, rope_fwd, RopeTable};
 use crate::backend::cpu::swiglu::{swiglu_bwd, swiglu_fwd};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -45,6 +45,38 @@ pub struct Model {
     /// same distribution. Defaults to `cfg.vocab_size`; loading a model with
     /// its tokenizer sets it to the tokenizer's size.
     pub output_vocab: usize,
+    /// Where the training path (`forward_logprobs`, `backward_into`) runs:
+    /// `None` on this CPU model, or a GPU model backend. The host `weights`
+    /// stay the truth (the optimizer updates them); they are uploaded
+    /// before each device forward. Generation always runs on the CPU.
+    pub train_device: Option<TrainDevice>,
+}
+
+/// A handle on the GPU model backend that runs a model's training path.
+#[derive(Clone)]
+pub struct TrainDevice(pub std::sync::Arc<std::sync::Mutex<super::qwen2_gpu::GpuModel>>);
+
+impl std::fmt::Debug for TrainDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TrainDevice")
+    }
+}
+
+impl TrainDevice {
+    pub fn new(m: super::qwen2_gpu::GpuModel) -> Self {
+        TrainDevice(std::sync::Arc::new(std::sync::Mutex::new(m)))
+    }
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, super::qwen2_gpu::GpuModel>> {
+        self.0.lock().map_err(|_| anyhow::anyhow!("the GPU model backend was poisoned by an earlier panic"))
+    }
+}
+
+/// What `Model::forward_logprobs` keeps for `Model::backward_into`.
+#[derive(Debug)]
+pub enum TrainState {
+    Cpu(ForwardState),
+    /// The activations stay on the training device.
+    Device,
 }
 
 /// Several token sequences packed into one buffer.
@@ -148,7 +180,7 @@ impl Model {
         // The table grows on demand; start with a modest window.
         let rope = RopeTable::new(inv, af, cfg.max_position_embeddings.min(4096));
         let output_vocab = cfg.vocab_size;
-        Model { cfg, weights, rope, vocab_chunk: DEFAULT_VOCAB_CHUNK, recompute: false, output_vocab }
+        Model { cfg, weights, rope, vocab_chunk: DEFAULT_VOCAB_CHUNK, recompute: false, output_vocab, train_device: None }
     }
 
     fn attn_shape(&self) -> AttnShape {
@@ -294,6 +326,40 @@ impl Model {
         rmsnorm_fwd(&mut hidden, &mut final_rstd, &x, &self.weights.final_norm.data, h, self.cfg.rms_norm_eps);
         layer_inputs.push(x);
         Ok(ForwardState { layer_inputs, acts, final_rstd, hidden })
+    }
+
+    /// The training forward and the log-prob/entropy of `targets`, on the
+    /// training device when one is attached (the host weights are uploaded
+    /// first), else on the CPU.
+    pub fn forward_logprobs(&mut self, batch: &Batch, targets: &[u32]) -> Result<(TrainState, TokenLogprobs)> {
+        if let Some(d) = &self.train_device {
+            let mut g = d.lock()?;
+            g.upload_weights(&self.weights)?;
+            g.forward(batch)?;
+            let lp = g.token_logprobs(targets)?;
+            return Ok((TrainState::Device, lp));
+        }
+        let st = self.forward(batch)?;
+        let lp = self.token_logprobs(&st, targets);
+        Ok((TrainState::Cpu(st), lp))
+    }
+
+    /// The backward of `forward_logprobs`: gradients ADDED to `grads`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_into(&self, batch: &Batch, st: &TrainState, targets: &[u32], lp: &TokenLogprobs, g_logprob: &[f32], g_entropy: &[f32], grads: &mut Weights) -> Result<()> {
+        match st {
+            TrainState::Cpu(s) => {
+                self.backward(batch, s, targets, lp, g_logprob, g_entropy, grads);
+                Ok(())
+            }
+            TrainState::Device => {
+                let d = self.train_device.as_ref().context("a device training state without a training device")?;
+                let mut g = d.lock()?;
+                g.zero_grads()?;
+                g.backward(g_logprob, g_entropy)?;
+                g.add_grads_into(grads)
+            }
+        }
     }
 
     /// Log-probability and entropy of `targets` at every position, from the

@@ -183,7 +183,7 @@ impl DeviceMemory {
 
 /// The Qwen2 model on a device.
 pub struct GpuModel {
-    dev: Box<dyn Device>,
+    dev: Box<dyn Device + Send>,
     pub cfg: ModelConfig,
     out_vocab: usize,
     /// Head dim the attention kernels run at (64 or 128).
@@ -204,7 +204,7 @@ pub struct GpuModel {
 
 impl GpuModel {
     /// Upload `model` (weights, RoPE table, settings) to `dev`.
-    pub fn new(mut dev: Box<dyn Device>, model: &Model) -> Result<Self> {
+    pub fn new(mut dev: Box<dyn Device + Send>, model: &Model) -> Result<Self> {
         let cfg = model.cfg.clone();
         if cfg.qk_norm {
             bail!("the GPU model backend does not run q/k norm (Qwen3) yet; use backend = \"cpu\"");
@@ -679,6 +679,16 @@ impl GpuModel {
         Ok(w)
     }
 
+    /// Add the device's gradients into host `grads`.
+    pub fn add_grads_into(&mut self, grads: &mut Weights) -> Result<()> {
+        for (t, p) in grads.tensors_mut().into_iter().zip(&self.params) {
+            ensure!(t.data.len() == p.len, "add_grads_into: a tensor of {} values for a parameter of {}", t.data.len(), p.len);
+            let g = self.dev.download_f32(p.grad, p.len)?;
+            t.data.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
+        }
+        Ok(())
+    }
+
     /// The fp32 master weights, as host `Weights`.
     pub fn download_weights(&mut self) -> Result<Weights> {
         let mut w = Weights::zeros(&self.cfg);
@@ -721,6 +731,21 @@ impl GpuModel {
         }
         Ok(())
     }
+}
+
+/// Run `model`'s training path on GPU `ordinal` from now on (see
+/// `Model::train_device`).
+pub fn attach_cuda(model: &mut Model, ordinal: usize) -> Result<()> {
+    let dev = crate::device::cuda::CudaDevice::new(ordinal).with_context(|| format!("opening GPU {ordinal} for the trainer"))?;
+    attach(model, Box::new(dev))
+}
+
+/// Run `model`'s training path on `dev` from now on.
+pub fn attach(model: &mut Model, dev: Box<dyn Device + Send>) -> Result<()> {
+    model.train_device = None;
+    let g = GpuModel::new(dev, model)?;
+    model.train_device = Some(super::qwen2::TrainDevice::new(g));
+    Ok(())
 }
 
 /// AdamW's first and second moments on the device, one pair per parameter.
@@ -799,7 +824,7 @@ pub fn check_model(head_dim: usize) -> Result<Model> {
 /// The training-step checks `appliance selftest` runs after the kernels:
 /// the tiny model (head dim 32, padded) with and without recomputation,
 /// and head dims 64 and 128 untied (the last only without `quick`).
-pub fn step_checks(open: &mut dyn FnMut() -> Result<Box<dyn Device>>, quick: bool, mut each: impl FnMut(&crate::backend::gpu::checks::KernelCheck)) -> Vec<crate::backend::gpu::checks::KernelCheck> {
+pub fn step_checks(open: &mut dyn FnMut() -> Result<Box<dyn Device + Send>>, quick: bool, mut each: impl FnMut(&crate::backend::gpu::checks::KernelCheck)) -> Vec<crate::backend::gpu::checks::KernelCheck> {
     let mut cases: Vec<(String, Result<Model>, Vec<usize>, bool)> = vec![
         ("tiny hd32 tied".into(), Ok(super::tiny::tiny_model(0)), vec![37, 70, 20], false),
         ("tiny hd32 tied, recompute".into(), Ok(super::tiny::tiny_model(0)), vec![37, 70, 20], true),
@@ -857,7 +882,7 @@ pub fn random_batch(lens: &[usize], vocab: usize, seed: u64) -> Batch {
 /// forward, log-probs and entropies, the DAPO loss (old log-probs a fixed
 /// perturbation of the CPU's, advantages ±1 by sequence, an entropy term
 /// so that its backward runs too), backward, and one AdamW update.
-pub fn compare_training_step(dev: Box<dyn Device>, model: &Model, batch: &Batch, recompute: bool) -> Result<StepComparison> {
+pub fn compare_training_step(dev: Box<dyn Device + Send>, model: &Model, batch: &Batch, recompute: bool) -> Result<StepComparison> {
     use crate::backend::cpu::adamw::{adamw_step, AdamWParams};
     use crate::backend::cpu::dapo_loss::{dapo_loss, DapoConfig};
     let n = batch.len();

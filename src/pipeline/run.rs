@@ -134,9 +134,7 @@ pub fn check_backend(cfg: &Config) -> Result<()> {
     match cfg.model.backend {
         Backend::Cpu => Ok(()),
         Backend::Cuda => match crate::device::cuda::device_count() {
-            Ok(n) if n > 0 => bail!(
-                "[model] backend = \"cuda\": {n} GPU(s) found, but the CUDA model backend is not built yet (the kernels exist; the model does not run on them); use backend = \"cpu\""
-            ),
+            Ok(n) if n > 0 => Ok(()),
             Ok(_) => bail!("[model] backend = \"cuda\" needs an NVIDIA GPU, and the CUDA driver reports none; use backend = \"cpu\" on this machine"),
             Err(e) => bail!("[model] backend = \"cuda\" needs an NVIDIA GPU and its driver: {e:#}; use backend = \"cpu\" on this machine"),
         },
@@ -367,6 +365,11 @@ pub fn train(config: Config, opts: &TrainOptions) -> Result<BTreeMap<String, Eva
     let sc = Scaffold::new(sc_cfg, tmpl, GradeOptions { run_id: run_id.clone(), test_timeout: Duration::from_secs(cfg.rollout.test_timeout_s) })?;
     let name = cfg.model.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "tiny".into());
     let engine = EngineService::start(pre.model.clone(), &name, 4096, cfg.rollout.concurrency.max(1))?;
+    // The trainer's forward and backward go to GPU 0 with the CUDA backend
+    // (the engine's copy above stays a CPU model: generation runs there).
+    if cfg.model.backend == Backend::Cuda {
+        crate::model::qwen2_gpu::attach_cuda(&mut pre.model, 0)?;
+    }
     let policy = Arc::new(LocalPolicy { engine, tokenizer: pre.tokenizer.clone(), params: cfg.generate.clone() });
     let metrics = JsonlWriter::open(&dir.metrics())?;
 

@@ -303,8 +303,7 @@ pub fn dapo_loss_and_grads(model: &mut Model, samples: &[DapoSample], cfg: &Dapo
 pub fn accumulate_dapo(model: &mut Model, samples: &[DapoSample], cfg: &DapoConfig, norm_tokens: Option<usize>, grads: &mut Weights) -> Result<DapoLossStats> {
     let p = pack(samples)?;
     let norm = norm_tokens.unwrap_or(p.n_tokens);
-    let st = model.forward(&p.batch).context("DAPO forward")?;
-    let lp = model.token_logprobs(&st, &p.targets);
+    let (st, lp) = model.forward_logprobs(&p.batch, &p.targets).context("DAPO forward")?;
     let out = dapo_loss(&lp.logprob, &p.old, &p.adv, &p.mask, norm, cfg)?;
 
     let (mut ent, mut dsum, mut dmax) = (0.0f64, 0.0f64, 0.0f64);
@@ -317,7 +316,7 @@ pub fn accumulate_dapo(model: &mut Model, samples: &[DapoSample], cfg: &DapoConf
     let n = p.n_tokens as f64;
 
     let g_entropy = vec![0.0f32; p.batch.len()];
-    model.backward(&p.batch, &st, &p.targets, &lp, &out.grad_logp, &g_entropy, grads);
+    model.backward_into(&p.batch, &st, &p.targets, &lp, &out.grad_logp, &g_entropy, grads).context("DAPO backward")?;
     Ok(DapoLossStats {
         loss: out.loss,
         clip_low_frac: out.clip_low_frac,

@@ -162,8 +162,7 @@ pub fn accumulate_nll(model: &mut Model, examples: &[&Example], norm: f64, grads
     let batch = Batch::from_sequences(&seqs);
     let weight: Vec<f32> = examples.iter().flat_map(|e| e.weight.iter().copied()).collect();
     let (targets, has_next) = batch.next_token_targets();
-    let st = model.forward(&batch)?;
-    let lp = model.token_logprobs(&st, &targets);
+    let (st, lp) = model.forward_logprobs(&batch, &targets)?;
     let mut loss = 0.0;
     let mut g_lp = vec![0.0f32; batch.len()];
     for i in 0..batch.len() {
@@ -173,7 +172,7 @@ pub fn accumulate_nll(model: &mut Model, examples: &[&Example], norm: f64, grads
         }
     }
     let g_ent = vec![0.0; batch.len()];
-    model.backward(&batch, &st, &targets, &lp, &g_lp, &g_ent, grads);
+    model.backward_into(&batch, &st, &targets, &lp, &g_lp, &g_ent, grads)?;
     Ok(loss)
 }
 
