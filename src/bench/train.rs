@@ -122,7 +122,7 @@ pub fn timed_dapo_step(model: &mut Model, opt: &mut AdamW, grads: &mut Weights, 
     let t = Instant::now();
     let grad_norm = clip_grad_norm(grads, opt.config.grad_clip);
     ensure!(grad_norm.is_finite(), "the DAPO gradient norm is {grad_norm} (loss {}); the step was not taken", s.loss);
-    opt.update(&mut model.weights, grads, lr);
+    model.update_weights(|w| opt.update(w, grads, lr));
     Ok((s.loss, StepTimes { forward_backward, optimizer: zero + t.elapsed() }))
 }
 
@@ -181,7 +181,7 @@ pub fn run_shape(shape: &Shape, repeats: usize) -> Result<Vec<Row>> {
             let loss = accumulate_nll(&mut model, &refs, norm, &mut grads)?;
             ensure!(loss.is_finite(), "the RFT loss is {loss}");
             clip_grad_norm(&mut grads, opt.config.grad_clip);
-            opt.update(&mut model.weights, &grads, lr);
+            model.update_weights(|w| opt.update(w, &grads, lr));
             Ok(tokens)
         })?)
     } else {
@@ -216,11 +216,72 @@ pub fn run_shape(shape: &Shape, repeats: usize) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Every shape of [`shapes`].
+/// Shapes timed only on a GPU: Qwen2.5-0.5B's config (random weights) on
+/// 2 × 4096 and 1 × 16384 tokens.
+pub fn gpu_shapes() -> Vec<Shape> {
+    let q05 = crate::model::memory_plan::preset("qwen2.5-0.5b").expect("a preset");
+    vec![
+        Shape { label: "0.5B 2x4096".into(), cfg: q05.clone(), seqs: 2, seq_len: 4096, rft: false, max_repeats: 5 },
+        Shape { label: "0.5B 1x16384".into(), cfg: q05, seqs: 1, seq_len: 16384, rft: false, max_repeats: 3 },
+    ]
+}
+
+/// The DAPO step with the trainer on GPU 0 (the GPU model backend: device
+/// forward, fused log-probs and backward; gradients to the host, the host
+/// AdamW, weights uploaded before each forward):
+/// - `{label}: DAPO step, GPU` — tokens/s;
+/// - `{label}: forward only, GPU` — tokens/s of forward + log-probs;
+/// - `{label}: GPU / CPU step` — the speed-up over `cpu_step` (tokens/s
+///   of the CPU step in this process), when given.
+pub fn run_shape_gpu(shape: &Shape, repeats: usize, cpu_step: Option<f64>) -> Result<Vec<Row>> {
+    let repeats = repeats.clamp(1, shape.max_repeats.max(1));
+    let (label, cfg) = (&shape.label, &shape.cfg);
+    let mut model = Model::new(cfg.clone(), Weights::init(cfg, 0, tiny::INIT_STD));
+    crate::model::qwen2_gpu::attach_cuda(&mut model, 0)?;
+    let ocfg = OptimConfig::default();
+    let lr = ocfg.lr;
+    let mut opt = AdamW::new(ocfg, cfg);
+    let mut grads = Weights::zeros(cfg);
+    let dapo = DapoConfig::default();
+    let data = samples(cfg, shape.seqs, shape.seq_len, 0);
+    let tokens = (shape.seqs * shape.seq_len) as f64;
+    let step = measure(SUITE, &format!("{label}: DAPO step, GPU"), "tokens/s", repeats, true, true, || {
+        let (loss, _) = timed_dapo_step(&mut model, &mut opt, &mut grads, &data, &dapo, lr)?;
+        ensure!(loss.is_finite(), "the DAPO loss is {loss}");
+        Ok(tokens)
+    })?;
+    let seqs: Vec<&[u32]> = data.iter().map(|s| s.ids.as_slice()).collect();
+    let batch = Batch::from_sequences(&seqs);
+    let (targets, _) = batch.next_token_targets();
+    let forward = measure(SUITE, &format!("{label}: forward only, GPU"), "tokens/s", repeats, true, true, || {
+        let (_, lp) = model.forward_logprobs(&batch, &targets)?;
+        ensure!(lp.logprob.iter().all(|x| x.is_finite()), "a non-finite log-prob");
+        Ok(tokens)
+    })?;
+    let n = step.repeats;
+    let ratio = cpu_step.map(|c| derived(format!("{label}: GPU / CPU step"), step.median / c, "x", n));
+    let mut rows = vec![step, forward];
+    rows.extend(ratio);
+    Ok(rows)
+}
+
+/// Every shape of [`shapes`]; with a GPU, also their GPU steps and
+/// [`gpu_shapes`].
 pub fn run(repeats: usize) -> Result<Vec<Row>> {
     let mut rows = vec![];
+    let gpu = crate::device::cuda::device_count().map(|n| n > 0).unwrap_or(false);
     for s in shapes() {
-        rows.extend(run_shape(&s, repeats).with_context(|| format!("train suite, {}", s.label))?);
+        let cpu = run_shape(&s, repeats).with_context(|| format!("train suite, {}", s.label))?;
+        let cpu_step = cpu.first().map(|r| r.median);
+        rows.extend(cpu);
+        if gpu {
+            rows.extend(run_shape_gpu(&s, repeats, cpu_step).with_context(|| format!("train suite, {} on the GPU", s.label))?);
+        }
+    }
+    if gpu {
+        for s in gpu_shapes() {
+            rows.extend(run_shape_gpu(&s, repeats, None).with_context(|| format!("train suite, {} on the GPU", s.label))?);
+        }
     }
     Ok(rows)
 }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 pub enum Suite {
     Model,
     Kernels,
-    /// Training tokens/s (forward + backward + AdamW) for the tiny model and a ~100M config, CPU backend.
+    /// Training tokens/s (forward + backward + AdamW) for the tiny model and a ~100M config, CPU backend; with a GPU, also the GPU model backend's step and Qwen2.5-0.5B shapes.
     Train,
     Env,
     /// Episodes of the tiny model on the built-in suite (Docker): episodes/min, turns/s, time split.
@@ -93,7 +93,8 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     if want(Suite::Train) {
-        for s in bench::train::shapes() {
+        let gpu = cuda::device_count().map(|n| n > 0).unwrap_or(false);
+        for s in bench::train::shapes().into_iter().chain(if gpu { bench::train::gpu_shapes() } else { vec![] }) {
             eprintln!("{}", bench::train::describe(&s));
         }
         rows.extend(bench::train::run(a.repeats)?);

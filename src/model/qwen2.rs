@@ -48,8 +48,11 @@ pub struct Model {
     /// Where the training path (`forward_logprobs`, `backward_into`) runs:
     /// `None` on this CPU model, or a GPU model backend. The host `weights`
     /// stay the truth (the optimizer updates them); they are uploaded
-    /// before each device forward. Generation always runs on the CPU.
+    /// before a device forward when `update_weights` changed them since the
+    /// last upload. Generation always runs on the CPU.
     pub train_device: Option<TrainDevice>,
+    /// Bumped by `update_weights`; what the training device last uploaded.
+    weights_version: u64,
 }
 
 /// A handle on the GPU model backend that runs a model's training path.
@@ -180,7 +183,7 @@ impl Model {
         // The table grows on demand; start with a modest window.
         let rope = RopeTable::new(inv, af, cfg.max_position_embeddings.min(4096));
         let output_vocab = cfg.vocab_size;
-        Model { cfg, weights, rope, vocab_chunk: DEFAULT_VOCAB_CHUNK, recompute: false, output_vocab, train_device: None }
+        Model { cfg, weights, rope, vocab_chunk: DEFAULT_VOCAB_CHUNK, recompute: false, output_vocab, train_device: None, weights_version: 0 }
     }
 
     fn attn_shape(&self) -> AttnShape {
@@ -328,13 +331,29 @@ impl Model {
         Ok(ForwardState { layer_inputs, acts, final_rstd, hidden })
     }
 
+    /// Change the weights through `f` (an optimizer update) and mark them
+    /// changed, so an attached training device uploads them again. Change
+    /// `weights` only through this while a training device is attached.
+    pub fn update_weights(&mut self, f: impl FnOnce(&mut Weights)) {
+        f(&mut self.weights);
+        self.weights_version += 1;
+    }
+
+    /// See [`Model::update_weights`].
+    pub fn weights_version(&self) -> u64 {
+        self.weights_version
+    }
+
     /// The training forward and the log-prob/entropy of `targets`, on the
     /// training device when one is attached (the host weights are uploaded
     /// first), else on the CPU.
     pub fn forward_logprobs(&mut self, batch: &Batch, targets: &[u32]) -> Result<(TrainState, TokenLogprobs)> {
         if let Some(d) = &self.train_device {
             let mut g = d.lock()?;
-            g.upload_weights(&self.weights)?;
+            if g.weights_version() != Some(self.weights_version) {
+                g.upload_weights(&self.weights)?;
+                g.set_weights_version(self.weights_version);
+            }
             g.forward(batch)?;
             let lp = g.token_logprobs(targets)?;
             return Ok((TrainState::Device, lp));

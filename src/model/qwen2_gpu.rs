@@ -200,6 +200,8 @@ pub struct GpuModel {
     buf: Option<StepBuffers>,
     state: Option<StepState>,
     memory: DeviceMemory,
+    /// `Model::weights_version` of the weights on the device.
+    weights_version: Option<u64>,
 }
 
 impl GpuModel {
@@ -277,6 +279,7 @@ impl GpuModel {
             buf: None,
             state: None,
             memory,
+            weights_version: Some(model.weights_version()),
             cfg,
         })
     }
@@ -698,8 +701,19 @@ impl GpuModel {
         Ok(w)
     }
 
+    /// The `Model::weights_version` the device holds (None after an
+    /// upload not tagged with one, or a device AdamW step).
+    pub fn weights_version(&self) -> Option<u64> {
+        self.weights_version
+    }
+
+    pub fn set_weights_version(&mut self, v: u64) {
+        self.weights_version = Some(v);
+    }
+
     /// Replace the weights (fp32 masters and their bf16 copies) with `w`.
     pub fn upload_weights(&mut self, w: &Weights) -> Result<()> {
+        self.weights_version = None;
         let tensors = w.tensors();
         ensure!(tensors.len() == self.params.len(), "upload_weights: {} tensors for {} parameters", tensors.len(), self.params.len());
         for (t, p) in tensors.into_iter().zip(&self.params) {
@@ -725,6 +739,7 @@ impl GpuModel {
                 self.memory.optimizer += 2 * p.len * F32;
             }
         }
+        self.weights_version = None;
         for ((p, kind), (m, v)) in self.params.iter().zip(&self.kinds).zip(&state.moments) {
             let decay = *kind == ParamKind::Matrix || decay_norms_and_biases;
             gpu::adamw_step(self.dev.as_mut(), p.master, p.half, p.grad, *m, *v, p.len, step, hp, decay)?;

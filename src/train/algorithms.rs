@@ -383,7 +383,7 @@ pub fn dapo_step(
     let n = tokens.max(1) as f64;
     let grad_norm = clip_grad_norm(grads, opt.config.grad_clip);
     ensure!(grad_norm.is_finite(), "the DAPO gradient norm is {grad_norm} (loss {loss}); the step was not taken");
-    opt.update(&mut model.weights, grads, lr);
+    model.update_weights(|w| opt.update(w, grads, lr));
     Ok(DapoStepStats {
         loss,
         grad_norm,

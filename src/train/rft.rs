@@ -204,7 +204,7 @@ pub fn train(model: &mut Model, opt: &mut AdamW, examples: &[Example], cfg: &Rft
                 loss += accumulate_nll(model, &part, norm.max(1) as f64, &mut grads)?;
             }
             let grad_norm = clip_grad_norm(&mut grads, opt.config.grad_clip);
-            opt.update(&mut model.weights, &grads, lr);
+            model.update_weights(|w| opt.update(w, &grads, lr));
             let s = RftStep { step, loss, grad_norm, lr, trained_tokens: norm, tokens: lengths.iter().sum(), micro_batches: bins.len() };
             on_step(&s);
             out.push(s);
