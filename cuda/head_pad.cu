@@ -19,8 +19,9 @@ extern "C" __global__ void pad_heads_bf16(__nv_bfloat16* out, const float* in, l
     }
 }
 
-// out bf16 [rows, hd] = columns [0, hd) of in bf16 [rows, hd_pad].
-extern "C" __global__ void unpad_heads_bf16(__nv_bfloat16* out, const __nv_bfloat16* in, long long rows, int hd, int hd_pad) {
+// out [rows, hd] = columns [0, hd) of in [rows, hd_pad], bf16 or f32.
+template <typename T>
+APPLIANCE_INLINE void unpad(T* out, const T* in, long long rows, int hd, int hd_pad) {
     long long n = rows * hd;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         long long r = i / hd;
@@ -29,12 +30,10 @@ extern "C" __global__ void unpad_heads_bf16(__nv_bfloat16* out, const __nv_bfloa
     }
 }
 
-// out f32 [rows, hd] = columns [0, hd) of in f32 [rows, hd_pad].
+extern "C" __global__ void unpad_heads_bf16(__nv_bfloat16* out, const __nv_bfloat16* in, long long rows, int hd, int hd_pad) {
+    unpad(out, in, rows, hd, hd_pad);
+}
+
 extern "C" __global__ void unpad_heads_f32(float* out, const float* in, long long rows, int hd, int hd_pad) {
-    long long n = rows * hd;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        long long r = i / hd;
-        int c = (int)(i - r * hd);
-        out[i] = in[r * hd_pad + c];
-    }
+    unpad(out, in, rows, hd, hd_pad);
 }

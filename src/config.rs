@@ -158,7 +158,8 @@ impl Default for MonitorSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
     pub dir: Option<PathBuf>,
-    /// Where the model runs: "cpu", or "cuda" (NVIDIA GPUs).
+    /// Where the trainer's forward and backward run: "cpu", or "cuda" (GPU 0,
+    /// the GPU model backend; generation stays on the CPU).
     pub backend: Backend,
     pub init_seed: u64,
     pub vocab_chunk: usize,

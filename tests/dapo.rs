@@ -430,9 +430,10 @@ fn the_dapo_config_section_is_validated_with_the_file_and_keys() {
 }
 
 /// The trainer's path on the GPU model backend (here the simulated device):
-/// two DAPO steps of three micro-batches each (gradients accumulated from
-/// the device, the host AdamW, weights uploaded again before the second
-/// step) take the CPU's steps to bf16 rounding.
+/// two DAPO steps of three micro-batches each (gradients accumulated on the
+/// device, the global-norm clip and AdamW there, the weights pulled back to
+/// the host, m and v synced for a checkpoint) take the CPU's steps to bf16
+/// rounding.
 #[test]
 fn dapo_steps_on_the_simulated_device_follow_the_cpu() {
     let mut base = sharpened_model();
@@ -446,10 +447,13 @@ fn dapo_steps_on_the_simulated_device_follow_the_cpu() {
         let mut opt = AdamW::new(OptimConfig { lr: 1e-4, ..Default::default() }, &m.cfg);
         let mut g = Weights::zeros(&m.cfg);
         let steps: Vec<_> = (0..2).map(|_| dapo_step(&mut m, &mut opt, &mut g, &samples, &CFG, 1e-4, 1).unwrap()).collect();
-        (m, steps)
+        // With the GPU backend, AdamW's m and v live on the device until synced.
+        appliance::train::optimizer::sync_optimizer(&m, &mut opt).unwrap();
+        (m, opt, steps)
     };
-    let (cpu, a) = run(false);
-    let (dev, b) = run(true);
+    let (cpu, opt_cpu, a) = run(false);
+    let (dev, opt_dev, b) = run(true);
+    assert_eq!((opt_cpu.step, opt_dev.step), (2, 2));
     assert!(dev.train_device.is_some() && cpu.train_device.is_none());
     for (x, y) in a.iter().zip(&b) {
         eprintln!("cpu {x:?}\ndev {y:?}");
@@ -465,4 +469,10 @@ fn dapo_steps_on_the_simulated_device_follow_the_cpu() {
     let (moved, apart) = (norm(&wc, &w0), norm(&wc, &wd));
     eprintln!("moved {moved:e}, cpu and device apart by {apart:e}");
     assert!(moved > 0.0 && apart < 0.1 * moved, "moved {moved}, apart {apart}");
+    // AdamW's first moment came back from the device.
+    let (mc, md) = (flat(&opt_cpu.m), flat(&opt_dev.m));
+    let zero = vec![0.0f32; mc.len()];
+    let (size, apart) = (norm(&mc, &zero), norm(&mc, &md));
+    eprintln!("m: size {size:e}, cpu and device apart by {apart:e}");
+    assert!(size > 0.0 && apart < 0.1 * size, "m: size {size}, apart {apart}");
 }

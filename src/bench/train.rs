@@ -18,7 +18,7 @@ use crate::model::qwen2::{Batch, Model};
 use crate::model::{tiny, ModelConfig, Weights};
 use crate::monitor::mfu;
 use crate::train::algorithms::{dapo_loss_and_grads, DapoConfig, DapoSample};
-use crate::train::optimizer::{clip_grad_norm, AdamW, OptimConfig};
+use crate::train::optimizer::{optimizer_step, AdamW, OptimConfig};
 use crate::train::rft::{accumulate_nll, Example};
 use anyhow::{ensure, Context, Result};
 use rand::{Rng, SeedableRng};
@@ -114,16 +114,42 @@ pub struct StepTimes {
 /// with a clock between the parts. Returns the loss and the times.
 pub fn timed_dapo_step(model: &mut Model, opt: &mut AdamW, grads: &mut Weights, samples: &[DapoSample], cfg: &DapoConfig, lr: f32) -> Result<(f64, StepTimes)> {
     let t = Instant::now();
-    grads.zero();
+    model.zero_grads(grads)?;
     let zero = t.elapsed();
     let t = Instant::now();
     let s = dapo_loss_and_grads(model, samples, cfg, grads)?;
     let forward_backward = t.elapsed();
     let t = Instant::now();
-    let grad_norm = clip_grad_norm(grads, opt.config.grad_clip);
-    ensure!(grad_norm.is_finite(), "the DAPO gradient norm is {grad_norm} (loss {}); the step was not taken", s.loss);
-    model.update_weights(|w| opt.update(w, grads, lr));
+    optimizer_step(model, opt, grads, lr).with_context(|| format!("the DAPO step (loss {})", s.loss))?;
     Ok((s.loss, StepTimes { forward_backward, optimizer: zero + t.elapsed() }))
+}
+
+/// What a timed step needs: the model (random init, seed 0), AdamW at the
+/// default settings, gradients, the DAPO config and the shape's samples.
+struct Rig {
+    model: Model,
+    opt: AdamW,
+    grads: Weights,
+    dapo: DapoConfig,
+    data: Vec<DapoSample>,
+    tokens: f64,
+    lr: f32,
+}
+
+impl Rig {
+    fn new(shape: &Shape) -> Self {
+        let cfg = &shape.cfg;
+        let ocfg = OptimConfig::default();
+        Rig {
+            model: Model::new(cfg.clone(), Weights::init(cfg, 0, tiny::INIT_STD)),
+            lr: ocfg.lr,
+            opt: AdamW::new(ocfg, cfg),
+            grads: Weights::zeros(cfg),
+            dapo: DapoConfig::default(),
+            data: samples(cfg, shape.seqs, shape.seq_len, 0),
+            tokens: (shape.seqs * shape.seq_len) as f64,
+        }
+    }
 }
 
 fn derived(name: String, v: f64, unit: &str, repeats: usize) -> Row {
@@ -153,14 +179,7 @@ pub fn run_shape(shape: &Shape, repeats: usize) -> Result<Vec<Row>> {
         shape.seq_len,
         cfg.max_position_embeddings
     );
-    let mut model = Model::new(cfg.clone(), Weights::init(cfg, 0, tiny::INIT_STD));
-    let ocfg = OptimConfig::default();
-    let lr = ocfg.lr;
-    let mut opt = AdamW::new(ocfg, cfg);
-    let mut grads = Weights::zeros(cfg);
-    let dapo = DapoConfig::default();
-    let data = samples(cfg, shape.seqs, shape.seq_len, 0);
-    let tokens = (shape.seqs * shape.seq_len) as f64;
+    let Rig { mut model, mut opt, mut grads, dapo, data, tokens, lr } = Rig::new(shape);
     let mut rows = vec![];
 
     let mut times: Vec<StepTimes> = vec![];
@@ -177,11 +196,10 @@ pub fn run_shape(shape: &Shape, repeats: usize) -> Result<Vec<Row>> {
         let refs: Vec<&Example> = examples.iter().collect();
         let norm = examples.iter().map(|e| e.trained_tokens()).sum::<usize>().max(1) as f64;
         Some(measure(SUITE, &format!("{label}: RFT step"), "tokens/s", repeats, true, true, || {
-            grads.zero();
+            model.zero_grads(&mut grads)?;
             let loss = accumulate_nll(&mut model, &refs, norm, &mut grads)?;
             ensure!(loss.is_finite(), "the RFT loss is {loss}");
-            clip_grad_norm(&mut grads, opt.config.grad_clip);
-            model.update_weights(|w| opt.update(w, &grads, lr));
+            optimizer_step(&mut model, &mut opt, &mut grads, lr)?;
             Ok(tokens)
         })?)
     } else {
@@ -235,16 +253,9 @@ pub fn gpu_shapes() -> Vec<Shape> {
 ///   of the CPU step in this process), when given.
 pub fn run_shape_gpu(shape: &Shape, repeats: usize, cpu_step: Option<f64>) -> Result<Vec<Row>> {
     let repeats = repeats.clamp(1, shape.max_repeats.max(1));
-    let (label, cfg) = (&shape.label, &shape.cfg);
-    let mut model = Model::new(cfg.clone(), Weights::init(cfg, 0, tiny::INIT_STD));
+    let label = &shape.label;
+    let Rig { mut model, mut opt, mut grads, dapo, data, tokens, lr } = Rig::new(shape);
     crate::model::qwen2_gpu::attach_cuda(&mut model, 0)?;
-    let ocfg = OptimConfig::default();
-    let lr = ocfg.lr;
-    let mut opt = AdamW::new(ocfg, cfg);
-    let mut grads = Weights::zeros(cfg);
-    let dapo = DapoConfig::default();
-    let data = samples(cfg, shape.seqs, shape.seq_len, 0);
-    let tokens = (shape.seqs * shape.seq_len) as f64;
     let step = measure(SUITE, &format!("{label}: DAPO step, GPU"), "tokens/s", repeats, true, true, || {
         let (loss, _) = timed_dapo_step(&mut model, &mut opt, &mut grads, &data, &dapo, lr)?;
         ensure!(loss.is_finite(), "the DAPO loss is {loss}");

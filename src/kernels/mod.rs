@@ -30,7 +30,7 @@ pub const MODULES: &[PtxModule] = &[
     module!("flash_attn_bwd", ["flash_attn_bwd_preprocess", "flash_attn_bwd_dkdv_hd64", "flash_attn_bwd_dkdv_hd128", "flash_attn_bwd_dq_hd64", "flash_attn_bwd_dq_hd128", "attn_block_bwd_dkdv_hd64", "attn_block_bwd_dkdv_hd128", "attn_block_bwd_dq_hd64", "attn_block_bwd_dq_hd128"]),
     module!("gemm_mma", ["gemm_bf16_tn"]),
     module!("head_pad", ["pad_heads_bf16", "unpad_heads_bf16", "unpad_heads_f32"]),
-    module!("global_norm", ["sum_squares_partial", "sum_partials"]),
+    module!("global_norm", ["sum_squares_partial", "sum_partials", "scale_f32"]),
     module!("logprob", ["logprob_entropy_fwd", "logprob_entropy_combine", "logprob_entropy_bwd_dhidden", "logprob_entropy_dhidden_reduce", "logprob_entropy_bwd_dw"]),
     module!("rmsnorm", ["rmsnorm_fwd", "rmsnorm_bwd"]),
     module!("rope", ["rope_fwd", "rope_bwd"]),

@@ -363,7 +363,10 @@ impl Model {
         Ok((TrainState::Cpu(st), lp))
     }
 
-    /// The backward of `forward_logprobs`: gradients ADDED to `grads`.
+    /// The backward of `forward_logprobs`: gradients ADDED to `grads` on
+    /// the CPU; with a training device attached they accumulate in the
+    /// device's buffers instead (`zero_grads` clears both; the train
+    /// layer's `optimizer::optimizer_step` uses them there).
     #[allow(clippy::too_many_arguments)]
     pub fn backward_into(&self, batch: &Batch, st: &TrainState, targets: &[u32], lp: &TokenLogprobs, g_logprob: &[f32], g_entropy: &[f32], grads: &mut Weights) -> Result<()> {
         match st {
@@ -373,12 +376,31 @@ impl Model {
             }
             TrainState::Device => {
                 let d = self.train_device.as_ref().context("a device training state without a training device")?;
-                let mut g = d.lock()?;
-                g.zero_grads()?;
-                g.backward(g_logprob, g_entropy)?;
-                g.add_grads_into(grads)
+                d.lock()?.backward(g_logprob, g_entropy)
             }
         }
+    }
+
+    /// Zero the gradients a step accumulates: `grads` on the host, and the
+    /// training device's own buffers when one is attached.
+    pub fn zero_grads(&mut self, grads: &mut Weights) -> Result<()> {
+        grads.zero();
+        match &self.train_device {
+            Some(d) => d.lock()?.zero_grads(),
+            None => Ok(()),
+        }
+    }
+
+    /// After an optimizer step on the training device: its fp32 master
+    /// weights become the host `weights` (which the engine and checkpoints
+    /// read), and the device is marked as holding them.
+    pub fn pull_weights_from_device(&mut self) -> Result<()> {
+        let d = self.train_device.clone().context("no training device is attached")?;
+        let mut g = d.lock()?;
+        self.weights = g.download_weights()?;
+        self.weights_version += 1;
+        g.set_weights_version(self.weights_version);
+        Ok(())
     }
 
     /// Log-probability and entropy of `targets` at every position, from the

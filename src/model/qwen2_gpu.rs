@@ -190,7 +190,6 @@ pub struct GpuModel {
     hd_pad: usize,
     pub recompute: bool,
     params: Vec<Param>,
-    kinds: Vec<ParamKind>,
     embed: usize,
     layers: Vec<LayerParams>,
     final_norm: usize,
@@ -202,6 +201,10 @@ pub struct GpuModel {
     memory: DeviceMemory,
     /// `Model::weights_version` of the weights on the device.
     weights_version: Option<u64>,
+    /// AdamW's state once a device optimizer step has run.
+    moments: Option<DeviceMoments>,
+    /// Per-parameter Σ g², the global norm's block partials, and their capacity.
+    norm_scratch: Option<(DevicePtr, DevicePtr, usize)>,
 }
 
 impl GpuModel {
@@ -223,7 +226,6 @@ impl GpuModel {
         ensure!(specs.len() == tensors.len(), "weights and config disagree on the parameter count");
         let mut memory = DeviceMemory::default();
         let mut params = Vec::with_capacity(specs.len());
-        let mut kinds = Vec::with_capacity(specs.len());
         for ((name, _, kind), t) in specs.iter().zip(&tensors) {
             let len = t.data.len();
             let master = dev.upload_f32(&t.data).with_context(|| format!("uploading {name}"))?;
@@ -239,7 +241,6 @@ impl GpuModel {
             memory.master_weights += len * F32;
             memory.gradients += len * F32;
             params.push(Param { len, master, half, grad });
-            kinds.push(*kind);
         }
         // Indices in param_specs order (as Weights::build walks them).
         let mut next = 0usize;
@@ -269,7 +270,6 @@ impl GpuModel {
             hd_pad,
             recompute: model.recompute,
             params,
-            kinds,
             embed,
             layers,
             final_norm,
@@ -280,6 +280,8 @@ impl GpuModel {
             state: None,
             memory,
             weights_version: Some(model.weights_version()),
+            moments: None,
+            norm_scratch: None,
             cfg,
         })
     }
@@ -540,7 +542,10 @@ impl GpuModel {
             bail!("token id {bad} is outside the model's vocabulary of {}", self.out_vocab);
         }
         let lens: Vec<usize> = batch.seqs.iter().map(|r| r.len()).collect();
-        ensure!(lens.iter().sum::<usize>() == n && batch.seqs.windows(2).all(|w| w[0].end == w[1].start), "batch: sequences must tile the tokens in order");
+        ensure!(
+            lens.iter().sum::<usize>() == n && batch.seqs.first().is_some_and(|r| r.start == 0) && batch.seqs.windows(2).all(|w| w[0].end == w[1].start),
+            "batch: sequences must tile the tokens in order"
+        );
         let max_pos = batch.pos.iter().copied().max().unwrap_or(0) as usize;
         self.ensure_capacity(n)?;
         self.ensure_rope(max_pos)?;
@@ -673,13 +678,18 @@ impl GpuModel {
         Ok(())
     }
 
-    /// The gradients, as host `Weights` (parameter order and shapes of `cfg`).
-    pub fn download_grads(&mut self) -> Result<Weights> {
+    /// One device buffer of every parameter, as host `Weights`.
+    fn download(&mut self, which: fn(&Param) -> DevicePtr) -> Result<Weights> {
         let mut w = Weights::zeros(&self.cfg);
         for (t, p) in w.tensors_mut().into_iter().zip(&self.params) {
-            t.data = self.dev.download_f32(p.grad, p.len)?;
+            t.data = self.dev.download_f32(which(p), p.len)?;
         }
         Ok(w)
+    }
+
+    /// The gradients, as host `Weights` (parameter order and shapes of `cfg`).
+    pub fn download_grads(&mut self) -> Result<Weights> {
+        self.download(|p| p.grad)
     }
 
     /// Add the device's gradients into host `grads`.
@@ -694,11 +704,7 @@ impl GpuModel {
 
     /// The fp32 master weights, as host `Weights`.
     pub fn download_weights(&mut self) -> Result<Weights> {
-        let mut w = Weights::zeros(&self.cfg);
-        for (t, p) in w.tensors_mut().into_iter().zip(&self.params) {
-            t.data = self.dev.download_f32(p.master, p.len)?;
-        }
-        Ok(w)
+        self.download(|p| p.master)
     }
 
     /// The `Model::weights_version` the device holds (None after an
@@ -726,33 +732,122 @@ impl GpuModel {
         Ok(())
     }
 
-    /// AdamW on every parameter with the gradients as they are (fp32
-    /// masters and m/v on the device, the bf16 copies refreshed); weight
-    /// decay as `train::optimizer::AdamW` applies it. m and v are allocated
-    /// on the first call. Global-norm clipping is not done here yet.
-    pub fn adamw_step(&mut self, state: &mut DeviceAdamW, step: u64, hp: crate::backend::cpu::adamw::AdamWParams, decay_norms_and_biases: bool) -> Result<()> {
-        if state.moments.is_empty() {
+    /// Σ g² of every parameter's gradient (f32 on the device per
+    /// parameter, summed in f64 here in parameter order): the global norm².
+    pub fn grad_sum_squares(&mut self) -> Result<f64> {
+        let max_blocks = self.params.iter().map(|p| gpu::global_norm_blocks(p.len) as usize).max().unwrap_or(1);
+        let (sums, scratch) = match self.norm_scratch {
+            Some(s) if s.2 >= max_blocks => (s.0, s.1),
+            _ => {
+                let sums = self.dev.zeros(self.params.len() * F32)?;
+                let scratch = self.dev.zeros(max_blocks * F32)?;
+                self.norm_scratch = Some((sums, scratch, max_blocks));
+                (sums, scratch)
+            }
+        };
+        for (i, p) in self.params.iter().enumerate() {
+            gpu::sum_squares(self.dev.as_mut(), sums.offset(i * F32), p.grad, scratch, p.len)?;
+        }
+        Ok(self.dev.download_f32(sums, self.params.len())?.iter().map(|&x| x as f64).sum())
+    }
+
+    /// One optimizer step on the device, continuing the host optimizer state
+    /// `host`: the global gradient norm, the clip (gradients rescaled when
+    /// the norm exceeds `host.grad_clip`), then AdamW on the fp32 masters
+    /// with m and v kept on the device (taken from `host.m`/`host.v` when
+    /// they do not continue `host`), the bf16 copies refreshed. Returns the
+    /// norm before clipping; a non-finite norm is an error and changes
+    /// nothing.
+    pub fn optimizer_step(&mut self, host: &HostOptimizer<'_>) -> Result<f64> {
+        ensure!(host.decay.len() == self.params.len(), "optimizer_step: {} decay flags for {} parameters", host.decay.len(), self.params.len());
+        let norm = self.grad_sum_squares()?.sqrt();
+        ensure!(norm.is_finite(), "the gradient norm is {norm}; the step was not taken");
+        let continues = self.moments.as_ref().is_some_and(|m| m.opt_id == host.id && m.opt_step == host.step);
+        if !continues {
+            let mut mv = self.moments.take().map(|m| m.mv).unwrap_or_default();
+            for ((i, p), (m, v)) in self.params.iter().enumerate().zip(host.m.tensors().into_iter().zip(host.v.tensors())) {
+                ensure!(m.data.len() == p.len && v.data.len() == p.len, "optimizer_step: moments of {} / {} values for a parameter of {}", m.data.len(), v.data.len(), p.len);
+                if mv.len() <= i {
+                    mv.push((self.dev.alloc(p.len * F32)?, self.dev.alloc(p.len * F32)?));
+                    self.memory.optimizer += 2 * p.len * F32;
+                }
+                self.dev.write_f32(mv[i].0, &m.data)?;
+                self.dev.write_f32(mv[i].1, &v.data)?;
+            }
+            self.moments = Some(DeviceMoments { mv, opt_id: host.id, opt_step: host.step });
+        }
+        if host.grad_clip > 0.0 && norm > host.grad_clip as f64 {
+            let scale = (host.grad_clip as f64 / (norm + 1e-6)) as f32;
             for p in &self.params {
-                let m = self.dev.zeros(p.len * F32)?;
-                let v = self.dev.zeros(p.len * F32)?;
-                state.moments.push((m, v));
-                self.memory.optimizer += 2 * p.len * F32;
+                gpu::scale_f32(self.dev.as_mut(), p.grad, scale, p.len)?;
             }
         }
-        self.weights_version = None;
-        for ((p, kind), (m, v)) in self.params.iter().zip(&self.kinds).zip(&state.moments) {
-            let decay = *kind == ParamKind::Matrix || decay_norms_and_biases;
-            gpu::adamw_step(self.dev.as_mut(), p.master, p.half, p.grad, *m, *v, p.len, step, hp, decay)?;
+        let step = host.step + 1;
+        let moments = self.moments.as_mut().expect("set above");
+        for ((p, &decay), (m, v)) in self.params.iter().zip(host.decay).zip(&moments.mv) {
+            gpu::adamw_step(self.dev.as_mut(), p.master, p.half, p.grad, *m, *v, p.len, step, host.hp, decay)?;
         }
-        Ok(())
+        moments.opt_step = step;
+        self.weights_version = None;
+        Ok(norm)
     }
+
+    /// Download m and v into `m`/`v` when the device's continue the host
+    /// state (`id`, `step`); returns whether it did.
+    pub fn download_moments(&mut self, id: u64, step: u64, m: &mut Weights, v: &mut Weights) -> Result<bool> {
+        let Some(dm) = &self.moments else { return Ok(false) };
+        if dm.opt_id != id || dm.opt_step != step {
+            return Ok(false);
+        }
+        let mv = dm.mv.clone();
+        for ((tm, tv), (p, (dm, dv))) in m.tensors_mut().into_iter().zip(v.tensors_mut()).zip(self.params.iter().zip(&mv)) {
+            tm.data = self.dev.download_f32(*dm, p.len)?;
+            tv.data = self.dev.download_f32(*dv, p.len)?;
+        }
+        Ok(true)
+    }
+}
+
+/// The host optimizer state a device step continues (see
+/// `GpuModel::optimizer_step`): its identity and step count, its m and v,
+/// which parameters decay, the hyperparameters and the clip.
+pub struct HostOptimizer<'a> {
+    pub id: u64,
+    /// Steps taken before this one.
+    pub step: u64,
+    pub m: &'a Weights,
+    pub v: &'a Weights,
+    pub decay: &'a [bool],
+    pub hp: crate::backend::cpu::adamw::AdamWParams,
+    pub grad_clip: f32,
+}
+
+/// AdamW's m and v on the device, one pair per parameter, and the host
+/// optimizer state (id, steps) they continue.
+struct DeviceMoments {
+    mv: Vec<(DevicePtr, DevicePtr)>,
+    opt_id: u64,
+    opt_step: u64,
 }
 
 /// Run `model`'s training path on GPU `ordinal` from now on (see
 /// `Model::train_device`).
 pub fn attach_cuda(model: &mut Model, ordinal: usize) -> Result<()> {
     let dev = crate::device::cuda::CudaDevice::new(ordinal).with_context(|| format!("opening GPU {ordinal} for the trainer"))?;
-    attach(model, Box::new(dev))
+    attach(model, Box::new(dev))?;
+    if let Some(d) = &model.train_device {
+        let g = d.0.lock().map_err(|_| anyhow::anyhow!("the GPU model backend was poisoned"))?;
+        let m = g.memory();
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        tracing::info!(
+            "trainer on GPU {ordinal} ({}): fp32 weights {:.2} GiB, bf16 copies {:.2} GiB, gradients {:.2} GiB (activations are sized at the first batch)",
+            g.device_name(),
+            gib(m.master_weights),
+            gib(m.bf16_weights),
+            gib(m.gradients)
+        );
+    }
+    Ok(())
 }
 
 /// Run `model`'s training path on `dev` from now on.
@@ -761,12 +856,6 @@ pub fn attach(model: &mut Model, dev: Box<dyn Device + Send>) -> Result<()> {
     let g = GpuModel::new(dev, model)?;
     model.train_device = Some(super::qwen2::TrainDevice::new(g));
     Ok(())
-}
-
-/// AdamW's first and second moments on the device, one pair per parameter.
-#[derive(Debug, Default)]
-pub struct DeviceAdamW {
-    moments: Vec<(DevicePtr, DevicePtr)>,
 }
 
 fn u32_bytes(v: &[u32]) -> Vec<u8> {
@@ -856,28 +945,18 @@ pub fn step_checks(open: &mut dyn FnMut() -> Result<Box<dyn Device + Send>>, qui
             let batch = random_batch(&lens, m.out_vocab(), 7);
             compare_training_step(open()?, &m, &batch, recompute)
         });
-        let c = match r {
-            Ok(c) => {
-                let f = c.failures();
-                crate::backend::gpu::checks::KernelCheck {
-                    kernel: "model_step".into(),
-                    shape,
-                    max_err: c.max_grad_err,
-                    tolerance: 3e-2,
-                    passed: f.is_empty(),
-                    seconds: t.elapsed().as_secs_f64(),
-                    error: (!f.is_empty()).then(|| f.join("; ")),
-                }
-            }
-            Err(e) => crate::backend::gpu::checks::KernelCheck {
-                kernel: "model_step".into(),
-                shape,
-                max_err: f64::INFINITY,
-                tolerance: 3e-2,
-                passed: false,
-                seconds: t.elapsed().as_secs_f64(),
-                error: Some(format!("{e:#}")),
-            },
+        let (max_err, error) = match r {
+            Ok(c) => (c.max_grad_err, Some(c.failures().join("; ")).filter(|f| !f.is_empty())),
+            Err(e) => (f64::INFINITY, Some(format!("{e:#}"))),
+        };
+        let c = crate::backend::gpu::checks::KernelCheck {
+            kernel: "model_step".into(),
+            shape,
+            max_err,
+            tolerance: 3e-2,
+            passed: error.is_none(),
+            seconds: t.elapsed().as_secs_f64(),
+            error,
         };
         each(&c);
         out.push(c);
@@ -946,17 +1025,20 @@ pub fn compare_training_step(dev: Box<dyn Device + Send>, model: &Model, batch: 
     }
     let max_grad_err = grad_errs.iter().fold(0.0f64, |m, e| m.max(e.1));
 
-    // AdamW: the device's update against the CPU's, both from the device's gradients.
+    // AdamW: the device's update against the CPU's, both from the device's
+    // gradients (no clip: the threshold is above the norm).
     let hp = AdamWParams { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
-    let mut opt = DeviceAdamW::default();
-    gm.adamw_step(&mut opt, 1, hp, false)?;
+    let kinds: Vec<ParamKind> = param_specs(&m.cfg).into_iter().map(|s| s.2).collect();
+    let decay: Vec<bool> = kinds.iter().map(|k| *k == ParamKind::Matrix).collect();
+    let zeros = Weights::zeros(&m.cfg);
+    let host = HostOptimizer { id: 0, step: 0, m: &zeros, v: &zeros, decay: &decay, hp, grad_clip: 1e30 };
+    gm.optimizer_step(&host)?;
     let w_dev = gm.download_weights()?;
     let mut w_cpu = m.weights.clone();
-    let kinds: Vec<ParamKind> = param_specs(&m.cfg).into_iter().map(|s| s.2).collect();
     let (mut adamw_err, mut scale) = (0.0f64, 1e-30f64);
-    for (((p, g), k), d) in w_cpu.tensors_mut().into_iter().zip(g_dev.tensors()).zip(&kinds).zip(w_dev.tensors()) {
+    for (((p, g), &dc), d) in w_cpu.tensors_mut().into_iter().zip(g_dev.tensors()).zip(&decay).zip(w_dev.tensors()) {
         let (mut mm, mut vv) = (vec![0.0; p.data.len()], vec![0.0; p.data.len()]);
-        adamw_step(&mut p.data, &g.data, &mut mm, &mut vv, 1, hp, *k == ParamKind::Matrix);
+        adamw_step(&mut p.data, &g.data, &mut mm, &mut vv, 1, hp, dc);
         adamw_err = adamw_err.max(max_abs(&p.data, &d.data));
         scale = p.data.iter().fold(scale, |s, &x| s.max(x.abs() as f64));
     }

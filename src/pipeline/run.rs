@@ -302,6 +302,12 @@ pub fn train(config: Config, opts: &TrainOptions) -> Result<BTreeMap<String, Eva
     };
     pre.model.vocab_chunk = cfg.model.vocab_chunk;
     pre.model.recompute = cfg.model.recompute;
+    // The trainer's forward and backward go to GPU 0 with the CUDA backend
+    // (before the run directory exists: a model the GPU backend cannot run
+    // fails here).
+    if cfg.model.backend == Backend::Cuda {
+        crate::model::qwen2_gpu::attach_cuda(&mut pre.model, 0)?;
+    }
     let opt = match (&dir_for_resume, &progress) {
         (Some(d), Some((_, p))) if p.has_optimizer => Some(crate::pipeline::state::load_optimizer(cfg.optim.clone(), &pre.model.cfg, &d.optimizer_path(&p.weights_in), p.dapo_steps)?),
         _ => None,
@@ -364,12 +370,10 @@ pub fn train(config: Config, opts: &TrainOptions) -> Result<BTreeMap<String, Eva
     let tmpl = ChatTemplate::new(pre.tokenizer.clone())?;
     let sc = Scaffold::new(sc_cfg, tmpl, GradeOptions { run_id: run_id.clone(), test_timeout: Duration::from_secs(cfg.rollout.test_timeout_s) })?;
     let name = cfg.model.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "tiny".into());
-    let engine = EngineService::start(pre.model.clone(), &name, 4096, cfg.rollout.concurrency.max(1))?;
-    // The trainer's forward and backward go to GPU 0 with the CUDA backend
-    // (the engine's copy above stays a CPU model: generation runs there).
-    if cfg.model.backend == Backend::Cuda {
-        crate::model::qwen2_gpu::attach_cuda(&mut pre.model, 0)?;
-    }
+    // The engine's copy is a CPU model: generation runs there.
+    let mut engine_model = pre.model.clone();
+    engine_model.train_device = None;
+    let engine = EngineService::start(engine_model, &name, 4096, cfg.rollout.concurrency.max(1))?;
     let policy = Arc::new(LocalPolicy { engine, tokenizer: pre.tokenizer.clone(), params: cfg.generate.clone() });
     let metrics = JsonlWriter::open(&dir.metrics())?;
 
@@ -444,6 +448,10 @@ impl Run {
         self.progress.elapsed_s = self.t_s();
         let save = self.weights_dirty;
         if save {
+            // With the GPU backend, AdamW's m and v live on the device.
+            if let Some(opt) = self.opt.as_mut() {
+                crate::train::optimizer::sync_optimizer(&self.pre.model, opt)?;
+            }
             self.progress.weights_in = name.clone();
             self.progress.has_optimizer = self.opt.is_some();
         }

@@ -29,7 +29,7 @@
 //! old log-prob and advantage at token `i` land on position `i − 1`; token
 //! 0 has no prediction and is never trained.
 
-use super::optimizer::{clip_grad_norm, AdamW};
+use super::optimizer::{optimizer_step, AdamW};
 use crate::agent::trajectory::Trajectory;
 use crate::model::chat::Source;
 use crate::model::qwen2::{Batch, Model};
@@ -363,7 +363,7 @@ pub fn dapo_step(
     micro_batch_tokens: usize,
 ) -> Result<DapoStepStats> {
     ensure!(!samples.is_empty(), "the DAPO mini-batch is empty");
-    grads.zero();
+    model.zero_grads(grads)?;
     let n_total: usize = samples.iter().map(|s| s.mask.iter().skip(1).filter(|&&m| m).count()).sum();
     let lengths: Vec<usize> = samples.iter().map(|s| s.ids.len()).collect();
     let bins = super::rft::pack(&lengths, micro_batch_tokens.max(1));
@@ -381,9 +381,7 @@ pub fn dapo_step(
         tokens += s.tokens;
     }
     let n = tokens.max(1) as f64;
-    let grad_norm = clip_grad_norm(grads, opt.config.grad_clip);
-    ensure!(grad_norm.is_finite(), "the DAPO gradient norm is {grad_norm} (loss {loss}); the step was not taken");
-    model.update_weights(|w| opt.update(w, grads, lr));
+    let grad_norm = optimizer_step(model, opt, grads, lr).with_context(|| format!("the DAPO step (loss {loss})"))?;
     Ok(DapoStepStats {
         loss,
         grad_norm,

@@ -7,7 +7,10 @@
 
 use crate::backend::cpu::adamw::{adamw_step, sum_squares, AdamWParams};
 use crate::model::config::ModelConfig;
+use crate::model::qwen2::Model;
+use crate::model::qwen2_gpu::HostOptimizer;
 use crate::model::weights::{param_specs, ParamKind, Weights};
+use anyhow::{ensure, Result};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,7 +71,7 @@ pub fn clip_grad_norm(grads: &mut Weights, max_norm: f32) -> f64 {
     if max_norm > 0.0 && norm > max_norm as f64 {
         let scale = (max_norm as f64 / (norm + 1e-6)) as f32;
         for t in grads.tensors_mut() {
-            t.data.iter_mut().for_each(|g| *g *= scale);
+            crate::backend::cpu::adamw::scale(&mut t.data, scale);
         }
     }
     norm
@@ -83,6 +86,10 @@ pub struct AdamW {
     /// Steps taken so far.
     pub step: u64,
     decay: Vec<bool>,
+    /// Distinguishes optimizer states (a fresh AdamW per RFT phase, DAPO's
+    /// own, one loaded on resume), so a training device that keeps m and v
+    /// knows when to take them from this host state.
+    id: u64,
 }
 
 impl AdamW {
@@ -91,14 +98,31 @@ impl AdamW {
             .into_iter()
             .map(|(_, _, kind)| config.decay_norms_and_biases || kind == ParamKind::Matrix)
             .collect();
-        AdamW { config, m: Weights::zeros(model), v: Weights::zeros(model), step: 0, decay }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        AdamW { config, m: Weights::zeros(model), v: Weights::zeros(model), step: 0, decay, id }
+    }
+
+    /// See the `id` field.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether each parameter (in `param_specs` order) gets weight decay.
+    pub fn decays(&self) -> &[bool] {
+        &self.decay
+    }
+
+    /// AdamW's hyperparameters at learning rate `lr`.
+    pub fn params(&self, lr: f32) -> AdamWParams {
+        let c = &self.config;
+        AdamWParams { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay }
     }
 
     /// One update with learning rate `lr` (from the schedule).
     pub fn update(&mut self, weights: &mut Weights, grads: &Weights, lr: f32) {
         self.step += 1;
-        let c = &self.config;
-        let hp = AdamWParams { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: c.weight_decay };
+        let hp = self.params(lr);
         let params = weights.tensors_mut();
         let grads = grads.tensors();
         let ms = self.m.tensors_mut();
@@ -141,4 +165,38 @@ mod tests {
         clip_grad_norm(&mut g, 10.0);
         assert_eq!(g, snapshot);
     }
+}
+
+/// One optimizer step where the model's gradients are: on the CPU, clip
+/// `grads` to `opt.config.grad_clip` and run AdamW on the host weights; with
+/// a training device attached, the clip and AdamW run there (continuing
+/// `opt`'s state: its m and v go to the device when the device's do not
+/// continue it) and the updated weights come back to the host. Returns the
+/// global gradient norm before clipping. A non-finite norm is an error and
+/// leaves the weights unchanged.
+pub fn optimizer_step(model: &mut Model, opt: &mut AdamW, grads: &mut Weights, lr: f32) -> Result<f64> {
+    let Some(d) = model.train_device.clone() else {
+        let norm = clip_grad_norm(grads, opt.config.grad_clip);
+        ensure!(norm.is_finite(), "the gradient norm is {norm}; the step was not taken");
+        model.update_weights(|w| opt.update(w, grads, lr));
+        return Ok(norm);
+    };
+    let norm = {
+        let mut g = d.0.lock().map_err(|_| anyhow::anyhow!("the GPU model backend was poisoned by an earlier panic"))?;
+        let host = HostOptimizer { id: opt.id(), step: opt.step, m: &opt.m, v: &opt.v, decay: opt.decays(), hp: opt.params(lr), grad_clip: opt.config.grad_clip };
+        g.optimizer_step(&host)?
+    };
+    opt.step += 1;
+    model.pull_weights_from_device()?;
+    Ok(norm)
+}
+
+/// Bring `opt`'s m and v up to date from the model's training device, when
+/// the device's continue `opt` (call before saving `opt`).
+pub fn sync_optimizer(model: &Model, opt: &mut AdamW) -> Result<()> {
+    if let Some(d) = &model.train_device {
+        let mut g = d.0.lock().map_err(|_| anyhow::anyhow!("the GPU model backend was poisoned by an earlier panic"))?;
+        g.download_moments(opt.id, opt.step, &mut opt.m, &mut opt.v)?;
+    }
+    Ok(())
 }

@@ -14,11 +14,11 @@
 //! Does not own the model's math, the optimizer (`optimizer`) or where
 //! trajectories come from (`agent`).
 
-use super::optimizer::{clip_grad_norm, cosine_lr, AdamW};
+use super::optimizer::{cosine_lr, optimizer_step, AdamW};
 use crate::agent::trajectory::Trajectory;
 use crate::model::qwen2::{Batch, Model};
 use crate::model::weights::Weights;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -194,7 +194,7 @@ pub fn train(model: &mut Model, opt: &mut AdamW, examples: &[Example], cfg: &Rft
         order.shuffle(&mut rng);
         for chunk in order.chunks(cfg.batch) {
             let lr = cosine_lr(step, cfg.warmup_steps, total, cfg.lr, 0.0);
-            grads.zero();
+            model.zero_grads(&mut grads)?;
             let norm: usize = chunk.iter().map(|&i| examples[i].trained_tokens()).sum();
             let lengths: Vec<usize> = chunk.iter().map(|&i| examples[i].ids.len()).collect();
             let bins = pack(&lengths, cfg.micro_batch_tokens);
@@ -203,8 +203,7 @@ pub fn train(model: &mut Model, opt: &mut AdamW, examples: &[Example], cfg: &Rft
                 let part: Vec<&Example> = bin.iter().map(|&j| &examples[chunk[j]]).collect();
                 loss += accumulate_nll(model, &part, norm.max(1) as f64, &mut grads)?;
             }
-            let grad_norm = clip_grad_norm(&mut grads, opt.config.grad_clip);
-            model.update_weights(|w| opt.update(w, &grads, lr));
+            let grad_norm = optimizer_step(model, opt, &mut grads, lr).with_context(|| format!("the RFT step {step} (loss {loss})"))?;
             let s = RftStep { step, loss, grad_norm, lr, trained_tokens: norm, tokens: lengths.iter().sum(), micro_batches: bins.len() };
             on_step(&s);
             out.push(s);

@@ -23,8 +23,14 @@ use std::process::Command;
 const PINNED_NVRTC: (i32, i32) = (12, 4);
 const ARCH: &str = "compute_80";
 
+/// The repository the command runs in: the nearest folder at or above the
+/// working directory with cuda/, ptx/ and Cargo.toml. Not the compile-time
+/// path: clones sharing one CARGO_TARGET_DIR share this binary, and it must
+/// not check or rewrite another clone's kernels.
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
+    let here = std::env::current_dir().ok();
+    let found = here.as_deref().and_then(|d| d.ancestors().find(|a| a.join("cuda").is_dir() && a.join("ptx").is_dir() && a.join("Cargo.toml").is_file()).map(Path::to_path_buf));
+    found.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root"))
 }
 
 fn wheels(args: &[String]) -> Result<PathBuf> {

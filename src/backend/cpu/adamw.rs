@@ -68,3 +68,8 @@ mod tests {
         assert_eq!(sum_squares(&g), want);
     }
 }
+
+/// `x *= s` in place (the global-norm clip's rescale).
+pub fn scale(x: &mut [f32], s: f32) {
+    x.par_iter_mut().for_each(|v| *v *= s);
+}

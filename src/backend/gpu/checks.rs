@@ -316,6 +316,23 @@ fn cases<'a>(quick: bool) -> Vec<Case<'a>> {
             }),
         });
     }
+    // The clip's rescale: exact (one f32 multiply per element).
+    for &n in [3usize, 70_001].iter() {
+        let x = random_vec(n, 17);
+        v.push(Case {
+            kernel: "scale_f32",
+            shape: format!("n={n}"),
+            tol: 0.0,
+            run: Box::new(move |dev| {
+                let xi = dev.upload_f32(&x)?;
+                scale_f32(dev, xi, 0.37, n)?;
+                let mut want = x.clone();
+                cpu::adamw::scale(&mut want, 0.37);
+                let got = dev.download_f32(xi, n)?;
+                Ok(got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count() as f64)
+            }),
+        });
+    }
     // Tensor-core GEMM (bf16 in, f32 accumulate) vs the CPU on the same
     // bf16-rounded inputs.
     for &(m, n, k) in [(16usize, 8usize, 16usize), (70, 50, 40), (64, 64, 33)].iter().chain(if big { &[(1024usize, 1024usize, 1024usize)][..] } else { &[] }) {

@@ -172,6 +172,11 @@ pub fn sum_squares(dev: &mut dyn Device, out: DevicePtr, g: DevicePtr, scratch: 
     dev.launch("sum_partials", LaunchConfig::linear(1, THREADS), &[Ptr(out), Ptr(scratch), I32(blocks as i32)])
 }
 
+/// `x *= s` in place, `n` floats (the clip's rescale of a gradient).
+pub fn scale_f32(dev: &mut dyn Device, x: DevicePtr, s: f32, n: usize) -> Result<()> {
+    dev.launch("scale_f32", elementwise(n), &[Ptr(x), F32(s), I64(n as i64)])
+}
+
 pub fn global_norm_blocks(n: usize) -> u32 {
     blocks_for(n as u64, 16 * 1024, 1024)
 }
