@@ -162,6 +162,27 @@ struct StepState {
     scored: bool,
 }
 
+/// See `GpuModel::layer_ctx`.
+struct LayerCtx {
+    st: StepState,
+    b: StepBuffers,
+    a: Slot,
+    w: LayerParams,
+    n: usize,
+    h: usize,
+    i: usize,
+    qd: usize,
+    kvd: usize,
+    hd: usize,
+    hdp: usize,
+    heads: usize,
+    kvh: usize,
+    eps: f32,
+    cos: DevicePtr,
+    sin: DevicePtr,
+    shape: AttnShape,
+}
+
 /// Bytes the model holds on its device, by component.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceMemory {
@@ -483,20 +504,40 @@ impl GpuModel {
     // Forward
     // ----------------------------------------------------------------------
 
-    /// One layer's forward from `xs[l]`; writes `xs[l + 1]` when `output`.
-    fn layer_fwd(&mut self, l: usize, output: bool) -> Result<()> {
+    /// What layer `l`'s forward and backward read: the step, the buffers,
+    /// the layer's slot and weights, the sizes and the RoPE table.
+    fn layer_ctx(&self, l: usize) -> LayerCtx {
         let st = self.state.clone().expect("forward state");
         let b = self.buf.clone().expect("buffers");
-        let a = b.slots[if self.recompute { 0 } else { l }];
-        let w = self.layers[l];
-        let c = self.cfg.clone();
-        let (n, h, i, qd, kvd, hd, hdp) = (st.n, c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.head_dim, self.hd_pad);
-        let (heads, kvh) = (c.num_heads, c.num_kv_heads);
+        let c = &self.cfg;
         let (cos, sin, _) = self.rope_dev.expect("rope table");
-        let shape = self.shape();
+        LayerCtx {
+            a: b.slots[if self.recompute { 0 } else { l }],
+            w: self.layers[l],
+            n: st.n,
+            st,
+            b,
+            h: c.hidden_size,
+            i: c.intermediate_size,
+            qd: c.q_dim(),
+            kvd: c.kv_dim(),
+            hd: c.head_dim,
+            hdp: self.hd_pad,
+            heads: c.num_heads,
+            kvh: c.num_kv_heads,
+            eps: c.rms_norm_eps,
+            cos,
+            sin,
+            shape: self.shape(),
+        }
+    }
+
+    /// One layer's forward from `xs[l]`; writes `xs[l + 1]` when `output`.
+    fn layer_fwd(&mut self, l: usize, output: bool) -> Result<()> {
+        let LayerCtx { st, b, a, w, n, h, i, qd, kvd, hd, hdp, heads, kvh, eps, cos, sin, shape } = self.layer_ctx(l);
         let dev = self.dev.as_mut();
 
-        gpu::rmsnorm_fwd(dev, a.xn1, a.rstd1, None, b.xs[l], None, self.params[w.input_norm].master, n, h, c.rms_norm_eps)?;
+        gpu::rmsnorm_fwd(dev, a.xn1, a.rstd1, None, b.xs[l], None, self.params[w.input_norm].master, n, h, eps)?;
         gpu::f32_to_bf16(dev, a.xn1_b, a.xn1, n * h)?;
         self.linear_fwd(a.q, a.xn1_b, w.q, w.q_bias, n, h, qd, 0.0)?;
         self.linear_fwd(a.k, a.xn1_b, w.k, w.k_bias, n, h, kvd, 0.0)?;
@@ -517,7 +558,7 @@ impl GpuModel {
         self.linear_fwd(a.x_mid, a.attn_b, w.o, None, n, qd, h, 1.0)?;
 
         let dev = self.dev.as_mut();
-        gpu::rmsnorm_fwd(dev, a.xn2, a.rstd2, None, a.x_mid, None, self.params[w.post_norm].master, n, h, c.rms_norm_eps)?;
+        gpu::rmsnorm_fwd(dev, a.xn2, a.rstd2, None, a.x_mid, None, self.params[w.post_norm].master, n, h, eps)?;
         gpu::f32_to_bf16(dev, a.xn2_b, a.xn2, n * h)?;
         self.linear_fwd(a.gate, a.xn2_b, w.gate, None, n, h, i, 0.0)?;
         self.linear_fwd(a.up, a.xn2_b, w.up, None, n, h, i, 0.0)?;
@@ -593,15 +634,7 @@ impl GpuModel {
 
     /// One layer's backward: `b.dx` holds d x_{l+1} on entry, d x_l on exit.
     fn layer_bwd(&mut self, l: usize) -> Result<()> {
-        let st = self.state.clone().expect("forward state");
-        let b = self.buf.clone().expect("buffers");
-        let a = b.slots[if self.recompute { 0 } else { l }];
-        let w = self.layers[l];
-        let c = self.cfg.clone();
-        let (n, h, i, qd, kvd, hd, hdp) = (st.n, c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.head_dim, self.hd_pad);
-        let (heads, kvh) = (c.num_heads, c.num_kv_heads);
-        let (cos, sin, _) = self.rope_dev.expect("rope table");
-        let shape = self.shape();
+        let LayerCtx { st, b, a, w, n, h, i, qd, kvd, hd, hdp, heads, kvh, eps: _, cos, sin, shape } = self.layer_ctx(l);
 
         // MLP: x_{l+1} = x_mid + down(swiglu(gate(xn2), up(xn2)))
         gpu::f32_to_bf16(self.dev.as_mut(), b.dh_b, b.dx, n * h)?;
