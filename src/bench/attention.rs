@@ -74,7 +74,7 @@ pub fn run_device(dev: &mut dyn Device, repeats: usize) -> Result<Vec<Row>> {
         let name = label_of(c);
         let fwd_flops = gpu::flash_attn::attn_fwd_flops(&c.lens, s);
         let f = measure("kernels", &format!("flash_attn_fwd causal {name} ({gpu_name})"), "TFLOP/s", repeats, false, false, || {
-            gpu::flash_attn::flash_attn_fwd(dev, o, lse, q, k, v, cu, c.lens.len(), max_len, s)?;
+            gpu::flash_attn::flash_attn_fwd(dev, o, lse, q, k, v, cu, c.lens.len(), max_len, s, s.scale())?;
             dev.synchronize()?;
             Ok(fwd_flops / 1e12)
         })?;
@@ -88,7 +88,7 @@ pub fn run_device(dev: &mut dyn Device, repeats: usize) -> Result<Vec<Row>> {
             for deterministic in [false, true] {
                 let mode = if deterministic { "deterministic" } else { "atomic dQ" };
                 let r = measure("kernels", &format!("flash_attn_bwd causal {name} {mode} ({gpu_name})"), "TFLOP/s", repeats, false, false, || {
-                    gpu::flash_attn_bwd::flash_attn_bwd(dev, dq, dk, dv, dout, q, k, v, o, lse, cu, c.lens.len(), total, max_len, s, deterministic, ws)?;
+                    gpu::flash_attn_bwd::flash_attn_bwd(dev, dq, dk, dv, dout, q, k, v, o, lse, cu, c.lens.len(), total, max_len, s, s.scale(), deterministic, ws)?;
                     dev.synchronize()?;
                     Ok(bwd_flops / 1e12)
                 })?;

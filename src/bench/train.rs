@@ -245,8 +245,8 @@ pub fn gpu_shapes() -> Vec<Shape> {
 }
 
 /// The DAPO step with the trainer on GPU 0 (the GPU model backend: device
-/// forward, fused log-probs and backward; gradients to the host, the host
-/// AdamW, weights uploaded before each forward):
+/// forward, fused log-probs, backward, clip and AdamW; the weights pulled
+/// back to the host after each step):
 /// - `{label}: DAPO step, GPU` — tokens/s;
 /// - `{label}: forward only, GPU` — tokens/s of forward + log-probs;
 /// - `{label}: GPU / CPU step` — the speed-up over `cpu_step` (tokens/s
@@ -280,7 +280,7 @@ pub fn run_shape_gpu(shape: &Shape, repeats: usize, cpu_step: Option<f64>) -> Re
 /// [`gpu_shapes`].
 pub fn run(repeats: usize) -> Result<Vec<Row>> {
     let mut rows = vec![];
-    let gpu = crate::device::cuda::device_count().map(|n| n > 0).unwrap_or(false);
+    let gpu = crate::device::cuda::available();
     for s in shapes() {
         let cpu = run_shape(&s, repeats).with_context(|| format!("train suite, {}", s.label))?;
         let cpu_step = cpu.first().map(|r| r.median);

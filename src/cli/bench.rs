@@ -93,8 +93,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     if want(Suite::Train) {
-        let gpu = cuda::device_count().map(|n| n > 0).unwrap_or(false);
-        for s in bench::train::shapes().into_iter().chain(if gpu { bench::train::gpu_shapes() } else { vec![] }) {
+        for s in bench::train::shapes().into_iter().chain(if cuda::available() { bench::train::gpu_shapes() } else { vec![] }) {
             eprintln!("{}", bench::train::describe(&s));
         }
         rows.extend(bench::train::run(a.repeats)?);

@@ -41,10 +41,7 @@ pub fn run(config: &Config, a: Args) -> Result<()> {
     }
     let mut p = pretrained::load(super::model_dir(config, &a.model).as_deref(), config.model.init_seed)?;
     super::apply_model_settings(config, &mut p.model);
-    crate::pipeline::run::check_backend(config)?;
-    if config.model.backend == crate::config::Backend::Cuda {
-        crate::model::qwen2_gpu::attach_cuda(&mut p.model, 0)?;
-    }
+    crate::pipeline::run::place_trainer(config, &mut p.model)?;
     let cfg = &config.rft;
     let mut opt = AdamW::new(OptimConfig { lr: cfg.lr, ..config.optim.clone() }, &p.model.cfg);
     let total = (examples.len().div_ceil(cfg.batch) * cfg.epochs as usize) as u64;

@@ -47,9 +47,10 @@ pub struct Model {
     pub output_vocab: usize,
     /// Where the training path (`forward_logprobs`, `backward_into`) runs:
     /// `None` on this CPU model, or a GPU model backend. The host `weights`
-    /// stay the truth (the optimizer updates them); they are uploaded
-    /// before a device forward when `update_weights` changed them since the
-    /// last upload. Generation always runs on the CPU.
+    /// are what the engine and checkpoints read: a device optimizer step
+    /// pulls them back (`pull_weights_from_device`), and weights changed on
+    /// the host (`update_weights`) are uploaded before the next device
+    /// forward. Generation always runs on the CPU.
     pub train_device: Option<TrainDevice>,
     /// Bumped by `update_weights`; what the training device last uploaded.
     weights_version: u64,
@@ -69,7 +70,7 @@ impl TrainDevice {
     pub fn new(m: super::qwen2_gpu::GpuModel) -> Self {
         TrainDevice(std::sync::Arc::new(std::sync::Mutex::new(m)))
     }
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, super::qwen2_gpu::GpuModel>> {
+    pub fn lock(&self) -> Result<std::sync::MutexGuard<'_, super::qwen2_gpu::GpuModel>> {
         self.0.lock().map_err(|_| anyhow::anyhow!("the GPU model backend was poisoned by an earlier panic"))
     }
 }
@@ -381,13 +382,16 @@ impl Model {
         }
     }
 
-    /// Zero the gradients a step accumulates: `grads` on the host, and the
-    /// training device's own buffers when one is attached.
+    /// Zero the gradients a step accumulates: the training device's
+    /// buffers when one is attached (the host `grads` are not used then),
+    /// else `grads`.
     pub fn zero_grads(&mut self, grads: &mut Weights) -> Result<()> {
-        grads.zero();
         match &self.train_device {
             Some(d) => d.lock()?.zero_grads(),
-            None => Ok(()),
+            None => {
+                grads.zero();
+                Ok(())
+            }
         }
     }
 

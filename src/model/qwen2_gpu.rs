@@ -37,8 +37,8 @@ use crate::backend::cpu::attention::AttnShape;
 use crate::backend::cpu::logprob::TokenLogprobs;
 use crate::backend::cpu::rope::RopeTable;
 use crate::backend::gpu;
-use crate::backend::gpu::flash_attn::{cu_seqlens, flash_attn_fwd_scaled};
-use crate::backend::gpu::flash_attn_bwd::{flash_attn_bwd_scaled, flash_attn_bwd_workspace_bytes};
+use crate::backend::gpu::flash_attn::{cu_seqlens, flash_attn_fwd};
+use crate::backend::gpu::flash_attn_bwd::{flash_attn_bwd, flash_attn_bwd_workspace_bytes};
 use crate::backend::gpu::logprob::{self as lp_kernels, LogprobGrads, LogprobOut};
 use crate::device::{Device, DeviceExt, DevicePtr, Dtype, Gemm};
 use anyhow::{bail, ensure, Context, Result};
@@ -149,7 +149,6 @@ struct StepBuffers {
     ws_lp_fwd: DevicePtr,
     ws_lp_bwd: DevicePtr,
     all: Vec<DevicePtr>,
-    bytes: usize,
 }
 
 /// What the last forward left for the backward.
@@ -243,18 +242,14 @@ impl GpuModel {
         };
         ensure!(cfg.hidden_size % 8 == 0, "the fused LM-head kernels need hidden_size ({}) to be a multiple of 8", cfg.hidden_size);
         let specs = param_specs(&cfg);
-        let tensors = model.weights.tensors();
-        ensure!(specs.len() == tensors.len(), "weights and config disagree on the parameter count");
         let mut memory = DeviceMemory::default();
         let mut params = Vec::with_capacity(specs.len());
-        for ((name, _, kind), t) in specs.iter().zip(&tensors) {
-            let len = t.data.len();
-            let master = dev.upload_f32(&t.data).with_context(|| format!("uploading {name}"))?;
+        for (_, shape, kind) in &specs {
+            let len: usize = shape.iter().product();
+            let master = dev.alloc(len * F32)?;
             let half = if *kind == ParamKind::Matrix {
-                let h = dev.alloc(len * BF16)?;
-                gpu::f32_to_bf16(dev.as_mut(), h, master, len)?;
                 memory.bf16_weights += len * BF16;
-                Some(h)
+                Some(dev.alloc(len * BF16)?)
             } else {
                 None
             };
@@ -284,8 +279,8 @@ impl GpuModel {
         }
         let final_norm = take();
         let lm_head = (!cfg.tie_word_embeddings).then(&mut take);
-        ensure!(next == params.len(), "parameter layout mismatch: {next} walked, {} uploaded", params.len());
-        Ok(GpuModel {
+        ensure!(next == params.len(), "parameter layout mismatch: {next} walked, {} allocated", params.len());
+        let mut g = GpuModel {
             dev,
             out_vocab: model.out_vocab(),
             hd_pad,
@@ -300,11 +295,14 @@ impl GpuModel {
             buf: None,
             state: None,
             memory,
-            weights_version: Some(model.weights_version()),
+            weights_version: None,
             moments: None,
             norm_scratch: None,
             cfg,
-        })
+        };
+        g.upload_weights(&model.weights).context("uploading the weights")?;
+        g.weights_version = Some(model.weights_version());
+        Ok(g)
     }
 
     /// The device's name.
@@ -398,7 +396,7 @@ impl GpuModel {
             (dq, dk, dv)
         };
         let shape = AttnShape { heads, kv_heads: kvh, head_dim: hdp };
-        let b = StepBuffers {
+        let mut b = StepBuffers {
             cap,
             ids,
             pos,
@@ -436,13 +434,10 @@ impl GpuModel {
             ws_lp_fwd: a(lp_kernels::fwd_workspace_bytes(cap, v))?,
             ws_lp_bwd: a(lp_kernels::bwd_workspace_bytes(cap, h, v).max(8))?,
             all: vec![],
-            bytes: 0,
         };
-        let mut b = b;
         b.all = all;
-        b.bytes = bytes;
         self.dev.write_f32(b.ones, &vec![1.0; cap])?;
-        self.memory.activations = b.bytes;
+        self.memory.activations = bytes;
         self.memory.capacity_tokens = cap;
         self.buf = Some(b);
         Ok(())
@@ -549,7 +544,7 @@ impl GpuModel {
         gpu::pad_heads_bf16(dev, a.k_b, a.k, n * kvh, hd, hdp)?;
         gpu::pad_heads_bf16(dev, a.v_b, a.v, n * kvh, hd, hdp)?;
         let scale = 1.0 / (hd as f32).sqrt();
-        flash_attn_fwd_scaled(dev, a.out_b, a.lse, a.q_b, a.k_b, a.v_b, b.cu_seqlens, st.batch, st.max_seqlen, shape, scale)?;
+        flash_attn_fwd(dev, a.out_b, a.lse, a.q_b, a.k_b, a.v_b, b.cu_seqlens, st.batch, st.max_seqlen, shape, scale)?;
         if a.attn_b != a.out_b {
             gpu::unpad_heads_bf16(dev, a.attn_b, a.out_b, n * heads, hd, hdp)?;
         }
@@ -653,7 +648,7 @@ impl GpuModel {
         let dev = self.dev.as_mut();
         gpu::pad_heads_bf16(dev, b.dout_b, b.dq, n * heads, hd, hdp)?;
         let scale = 1.0 / (hd as f32).sqrt();
-        flash_attn_bwd_scaled(
+        flash_attn_bwd(
             dev, b.dqp, b.dkp, b.dvp, b.dout_b, a.q_b, a.k_b, a.v_b, a.out_b, a.lse, b.cu_seqlens, st.batch, n, st.max_seqlen, shape, scale, true, b.ws_attn,
         )?;
         if hdp != hd {
@@ -723,16 +718,6 @@ impl GpuModel {
     /// The gradients, as host `Weights` (parameter order and shapes of `cfg`).
     pub fn download_grads(&mut self) -> Result<Weights> {
         self.download(|p| p.grad)
-    }
-
-    /// Add the device's gradients into host `grads`.
-    pub fn add_grads_into(&mut self, grads: &mut Weights) -> Result<()> {
-        for (t, p) in grads.tensors_mut().into_iter().zip(&self.params) {
-            ensure!(t.data.len() == p.len, "add_grads_into: a tensor of {} values for a parameter of {}", t.data.len(), p.len);
-            let g = self.dev.download_f32(p.grad, p.len)?;
-            t.data.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
-        }
-        Ok(())
     }
 
     /// The fp32 master weights, as host `Weights`.
@@ -869,7 +854,7 @@ pub fn attach_cuda(model: &mut Model, ordinal: usize) -> Result<()> {
     let dev = crate::device::cuda::CudaDevice::new(ordinal).with_context(|| format!("opening GPU {ordinal} for the trainer"))?;
     attach(model, Box::new(dev))?;
     if let Some(d) = &model.train_device {
-        let g = d.0.lock().map_err(|_| anyhow::anyhow!("the GPU model backend was poisoned"))?;
+        let g = d.lock()?;
         let m = g.memory();
         let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
         tracing::info!(

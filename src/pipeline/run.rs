@@ -128,6 +128,16 @@ pub fn eval_result(trajs: &[Trajectory]) -> EvalResult {
     }
 }
 
+/// Put the trainer's forward, backward and optimizer where `[model] backend`
+/// says: on the CPU (nothing to do), or on GPU 0 (after `check_backend`).
+pub fn place_trainer(cfg: &Config, model: &mut crate::model::qwen2::Model) -> Result<()> {
+    check_backend(cfg)?;
+    match cfg.model.backend {
+        Backend::Cpu => Ok(()),
+        Backend::Cuda => crate::model::qwen2_gpu::attach_cuda(model, 0),
+    }
+}
+
 /// The config's hardware must be here: a GPU backend on a machine without
 /// one fails before anything else happens.
 pub fn check_backend(cfg: &Config) -> Result<()> {
@@ -305,9 +315,7 @@ pub fn train(config: Config, opts: &TrainOptions) -> Result<BTreeMap<String, Eva
     // The trainer's forward and backward go to GPU 0 with the CUDA backend
     // (before the run directory exists: a model the GPU backend cannot run
     // fails here).
-    if cfg.model.backend == Backend::Cuda {
-        crate::model::qwen2_gpu::attach_cuda(&mut pre.model, 0)?;
-    }
+    place_trainer(&cfg, &mut pre.model)?;
     let opt = match (&dir_for_resume, &progress) {
         (Some(d), Some((_, p))) if p.has_optimizer => Some(crate::pipeline::state::load_optimizer(cfg.optim.clone(), &pre.model.cfg, &d.optimizer_path(&p.weights_in), p.dapo_steps)?),
         _ => None,

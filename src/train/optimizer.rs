@@ -182,7 +182,7 @@ pub fn optimizer_step(model: &mut Model, opt: &mut AdamW, grads: &mut Weights, l
         return Ok(norm);
     };
     let norm = {
-        let mut g = d.0.lock().map_err(|_| anyhow::anyhow!("the GPU model backend was poisoned by an earlier panic"))?;
+        let mut g = d.lock()?;
         let host = HostOptimizer { id: opt.id(), step: opt.step, m: &opt.m, v: &opt.v, decay: opt.decays(), hp: opt.params(lr), grad_clip: opt.config.grad_clip };
         g.optimizer_step(&host)?
     };
@@ -195,8 +195,7 @@ pub fn optimizer_step(model: &mut Model, opt: &mut AdamW, grads: &mut Weights, l
 /// the device's continue `opt` (call before saving `opt`).
 pub fn sync_optimizer(model: &Model, opt: &mut AdamW) -> Result<()> {
     if let Some(d) = &model.train_device {
-        let mut g = d.0.lock().map_err(|_| anyhow::anyhow!("the GPU model backend was poisoned by an earlier panic"))?;
-        g.download_moments(opt.id, opt.step, &mut opt.m, &mut opt.v)?;
+        d.lock()?.download_moments(opt.id, opt.step, &mut opt.m, &mut opt.v)?;
     }
     Ok(())
 }

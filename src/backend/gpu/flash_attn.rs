@@ -57,28 +57,12 @@ fn scale_log2(scale: f32) -> f32 {
 
 /// Packed variable-length causal self-attention. `q`: bf16 `[total, heads,
 /// hd]`; `k`, `v`: bf16 `[total, kv_heads, hd]`; `cu_seqlens`: i32 `[batch+1]`
-/// on the device; `max_seqlen` ≥ every sequence's length. Writes `out` bf16
-/// `[total, heads, hd]` and `lse` f32 `[total, heads]` (natural log).
+/// on the device; `max_seqlen` ≥ every sequence's length; `scale` the softmax
+/// scale (`s.scale()`, or the real head dim's when heads are zero-padded to
+/// a supported one). Writes `out` bf16 `[total, heads, hd]` and `lse` f32
+/// `[total, heads]` (natural log).
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attn_fwd(
-    dev: &mut dyn Device,
-    out: DevicePtr,
-    lse: DevicePtr,
-    q: DevicePtr,
-    k: DevicePtr,
-    v: DevicePtr,
-    cu_seqlens: DevicePtr,
-    batch: usize,
-    max_seqlen: usize,
-    s: AttnShape,
-) -> Result<()> {
-    flash_attn_fwd_scaled(dev, out, lse, q, k, v, cu_seqlens, batch, max_seqlen, s, s.scale())
-}
-
-/// [`flash_attn_fwd`] with the softmax scale given: heads zero-padded to a
-/// supported head dim keep the scale of their real one (`1/sqrt(hd)`).
-#[allow(clippy::too_many_arguments)]
-pub fn flash_attn_fwd_scaled(
     dev: &mut dyn Device,
     out: DevicePtr,
     lse: DevicePtr,
@@ -185,7 +169,7 @@ pub fn bench_flash_attn_fwd(dev: &mut dyn Device, seq_lens: &[usize], s: AttnSha
     let v = dev.upload_u16(&bf16_bits(&random_vec(total * s.kv_heads * s.head_dim, 3)))?;
     let cu = dev.upload_u32(&cu_seqlens(seq_lens))?;
     let (o, l) = (dev.alloc(total * s.heads * s.head_dim * 2)?, dev.alloc(total * s.heads * 4)?);
-    let run = |dev: &mut dyn Device| flash_attn_fwd(dev, o, l, q, k, v, cu, seq_lens.len(), max_seqlen, s);
+    let run = |dev: &mut dyn Device| flash_attn_fwd(dev, o, l, q, k, v, cu, seq_lens.len(), max_seqlen, s, s.scale());
     run(dev)?;
     dev.synchronize()?;
     let start = Instant::now();
@@ -241,7 +225,7 @@ fn packed_err(dev: &mut dyn Device, seq_lens: &[usize], ref_seqs: &[usize], s: A
     let (qi, ki, vi) = (dev.upload_u16(&bf16_bits(&q))?, dev.upload_u16(&bf16_bits(&k))?, dev.upload_u16(&bf16_bits(&v))?);
     let cu = dev.upload_u32(&cu_seqlens(seq_lens))?;
     let (o, l) = (dev.zeros(total * qw * 2)?, dev.zeros(total * s.heads * 4)?);
-    flash_attn_fwd(dev, o, l, qi, ki, vi, cu, seq_lens.len(), seq_lens.iter().copied().max().unwrap_or(0), s)?;
+    flash_attn_fwd(dev, o, l, qi, ki, vi, cu, seq_lens.len(), seq_lens.iter().copied().max().unwrap_or(0), s, s.scale())?;
     let got_o: Vec<f32> = dev.download_u16(o, total * qw)?.into_iter().map(|b| bf16::from_bits(b).to_f32()).collect();
     let got_l = dev.download_f32(l, total * s.heads)?;
     let cu_ref = cu_seqlens(ref_seqs);
@@ -357,7 +341,7 @@ mod tests {
         let mut dev = SimDevice::new().unwrap();
         let p = dev.zeros(1024).unwrap();
         let bad_hd = AttnShape { heads: 2, kv_heads: 2, head_dim: 96 };
-        let e = flash_attn_fwd(&mut dev, p, p, p, p, p, p, 1, 4, bad_hd).unwrap_err();
+        let e = flash_attn_fwd(&mut dev, p, p, p, p, p, p, 1, 4, bad_hd, 1.0).unwrap_err();
         assert!(format!("{e:#}").contains("head_dim 96"), "{e:#}");
         let bad_gqa = AttnShape { heads: 3, kv_heads: 2, head_dim: 64 };
         let e = attn_block_fwd(&mut dev, p, p, p, p, p, 4, 4, 0, 0, true, bad_gqa).unwrap_err();

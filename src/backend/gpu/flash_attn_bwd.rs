@@ -50,38 +50,14 @@ fn validate(batch: usize, total: usize, max_seqlen: usize, s: AttnShape) -> Resu
 
 /// dQ, dK, dV (f32, overwritten) of causal attention over the packed
 /// sequences `cu_seqlens` (device i32 `[batch+1]`); `max_seqlen` must be at
-/// least every sequence's length (the kernels trap otherwise). `workspace`
+/// least every sequence's length (the kernels trap otherwise); `scale` is the
+/// forward's softmax scale (see `flash_attn::flash_attn_fwd`). `workspace`
 /// holds `flash_attn_bwd_workspace_bytes(total, s)` bytes. `deterministic`
 /// computes dQ in its own kernel without atomics (bit-reproducible); otherwise
 /// dQ is accumulated with f32 atomics from the dK/dV kernel (faster, order
 /// of additions varies run to run on a GPU).
 #[allow(clippy::too_many_arguments)]
 pub fn flash_attn_bwd(
-    dev: &mut dyn Device,
-    dq: DevicePtr,
-    dk: DevicePtr,
-    dv: DevicePtr,
-    dout: DevicePtr,
-    q: DevicePtr,
-    k: DevicePtr,
-    v: DevicePtr,
-    out: DevicePtr,
-    lse: DevicePtr,
-    cu_seqlens: DevicePtr,
-    batch: usize,
-    total: usize,
-    max_seqlen: usize,
-    s: AttnShape,
-    deterministic: bool,
-    workspace: DevicePtr,
-) -> Result<()> {
-    flash_attn_bwd_scaled(dev, dq, dk, dv, dout, q, k, v, out, lse, cu_seqlens, batch, total, max_seqlen, s, s.scale(), deterministic, workspace)
-}
-
-/// [`flash_attn_bwd`] with the softmax scale of the forward given (see
-/// `flash_attn::flash_attn_fwd_scaled`).
-#[allow(clippy::too_many_arguments)]
-pub fn flash_attn_bwd_scaled(
     dev: &mut dyn Device,
     dq: DevicePtr,
     dk: DevicePtr,
@@ -323,7 +299,7 @@ fn run_device(dev: &mut dyn Device, inp: &BwdInputs, gpu_lens: &[usize], s: Attn
     // Outputs start as garbage: the launcher must overwrite, not accumulate.
     let (dq, dk, dv) = (dev.upload_f32(&vec![7.0; qn])?, dev.upload_f32(&vec![7.0; kvn])?, dev.upload_f32(&vec![7.0; kvn])?);
     let ws = dev.zeros(flash_attn_bwd_workspace_bytes(total, s))?;
-    flash_attn_bwd(dev, dq, dk, dv, dout, q, k, v, out, lse, cu_d, gpu_lens.len(), total, max_seqlen, s, deterministic, ws)?;
+    flash_attn_bwd(dev, dq, dk, dv, dout, q, k, v, out, lse, cu_d, gpu_lens.len(), total, max_seqlen, s, s.scale(), deterministic, ws)?;
     let r = [dev.download_f32(dq, qn)?, dev.download_f32(dk, kvn)?, dev.download_f32(dv, kvn)?];
     for p in bufs.into_iter().chain([lse, cu_d, dq, dk, dv, ws]) {
         dev.free(p)?;
@@ -492,7 +468,7 @@ pub fn bench_flash_attn_bwd(dev: &mut dyn Device, seq_lens: &[usize], s: AttnSha
     let cu_d = dev.upload_u32(&cu)?;
     let (dq, dk, dv) = (dev.zeros(qn * 4)?, dev.zeros(kvn * 4)?, dev.zeros(kvn * 4)?);
     let ws = dev.zeros(flash_attn_bwd_workspace_bytes(total, s))?;
-    let run = |dev: &mut dyn Device| flash_attn_bwd(dev, dq, dk, dv, dout, q, k, v, out, lse, cu_d, seq_lens.len(), total, max_seqlen, s, deterministic, ws);
+    let run = |dev: &mut dyn Device| flash_attn_bwd(dev, dq, dk, dv, dout, q, k, v, out, lse, cu_d, seq_lens.len(), total, max_seqlen, s, s.scale(), deterministic, ws);
     run(dev)?;
     dev.synchronize()?;
     let t = std::time::Instant::now();
@@ -528,7 +504,7 @@ mod tests {
         let mut dev = SimDevice::new().unwrap();
         let p = DevicePtr(0);
         let mut call = |s: AttnShape, max_seqlen: usize| {
-            flash_attn_bwd(&mut dev, p, p, p, p, p, p, p, p, p, p, 1, 10, max_seqlen, s, true, p).map(|_| ()).map_err(|e| format!("{e:#}"))
+            flash_attn_bwd(&mut dev, p, p, p, p, p, p, p, p, p, p, 1, 10, max_seqlen, s, s.scale(), true, p).map(|_| ()).map_err(|e| format!("{e:#}"))
         };
         assert!(call(sh(2, 1, 96), 10).unwrap_err().contains("head_dim 96"));
         assert!(call(sh(3, 2, 64), 10).unwrap_err().contains("multiple of kv_heads"));
@@ -547,7 +523,7 @@ mod tests {
         let lse = dev.upload_f32(&inp.lse).unwrap();
         let cu = dev.upload_u32(&[0, 70]).unwrap();
         let (dq, dk, dv, ws) = (dev.zeros(total * 64 * 4).unwrap(), dev.zeros(total * 64 * 4).unwrap(), dev.zeros(total * 64 * 4).unwrap(), dev.zeros(total * 4).unwrap());
-        let r = flash_attn_bwd(&mut dev, dq, dk, dv, dout, q, k, v, out, lse, cu, 1, total, 64, s, false, ws);
+        let r = flash_attn_bwd(&mut dev, dq, dk, dv, dout, q, k, v, out, lse, cu, 1, total, 64, s, s.scale(), false, ws);
         assert!(r.is_err(), "a sequence longer than max_seqlen must not pass silently");
     }
 
