@@ -476,7 +476,7 @@ mod tests {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/");
         let load = |f: &str| Config::from_file(Path::new(&format!("{dir}{f}"))).unwrap_or_else(|e| panic!("{f}: {e:#}"));
         let rft = load("qwen2.5-7b-rft.toml");
-        assert_eq!((rft.rft.lr, rft.rft.warmup_steps, rft.rft.batch, rft.rft.epochs), (5e-6, 10, 64, 1));
+        assert_eq!((rft.rft.lr, rft.rft.eps, rft.rft.warmup_steps, rft.rft.batch, rft.rft.epochs), (5e-6, 1e-8, 10, 64, 1));
         assert_eq!(rft.optim.weight_decay, 0.1);
         let s1 = load("qwen2.5-72b-stage1.toml");
         assert_eq!((s1.agent.max_context_tokens, s1.agent.max_turns, s1.dapo.problems_per_iteration, s1.dapo.mini_batch), (65_536, 40, 300, 128));
@@ -488,6 +488,8 @@ mod tests {
         let d = load("qwen2.5-7b-dapo.toml");
         assert_eq!((d.optim.lr, d.optim.beta2, d.optim.eps, d.optim.grad_clip), (1e-6, 0.999, 1e-8, 1.0));
         for c in [&s1, &s2, &d] {
+            // the method's AdamW eps, not the tiny default's damped one
+            assert_eq!(c.optim.eps, 1e-8);
             assert!(c.generate.is_untruncated() && c.generate.temperature == 1.0);
             assert_eq!((c.optim.lr, c.dapo.iterations), (1e-6, 100));
         }

@@ -69,7 +69,9 @@ pub fn run(config: &Config, a: Args) -> Result<()> {
         trained_tokens
     );
 
-    let optim = OptimConfig { lr: d.lr, warmup_steps: d.warmup_steps, ..config.optim.clone() };
+    // The demo is supervised: AdamW's eps is the supervised phases' ([rft]),
+    // not DAPO's damped one.
+    let optim = OptimConfig { lr: d.lr, eps: config.rft.eps, warmup_steps: d.warmup_steps, ..config.optim.clone() };
     let mut opt = AdamW::new(optim, &p.model.cfg);
     let bar = ProgressBar::new(steps);
     bar.set_style(ProgressStyle::with_template("training [{bar:30}] {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));

@@ -567,7 +567,7 @@ impl Run {
             tracing::warn!("{} of {} demonstrations did not solve their task and are left out", trajs.len() - sel.kept, trajs.len());
         }
         ensure!(ws.batch <= examples.len(), "warm_start.batch ({}) is larger than the data: {} verified demonstrations", ws.batch, examples.len());
-        let rc = RftConfig { lr: ws.lr, warmup_steps: ws.warmup_steps, batch: ws.batch, epochs: ws.epochs, micro_batch_tokens: self.cfg.rft.micro_batch_tokens, seed: self.cfg.train.seed, samples_per_task: 1, from: vec![] };
+        let rc = RftConfig { lr: ws.lr, eps: self.cfg.rft.eps, warmup_steps: ws.warmup_steps, batch: ws.batch, epochs: ws.epochs, micro_batch_tokens: self.cfg.rft.micro_batch_tokens, seed: self.cfg.train.seed, samples_per_task: 1, from: vec![] };
         self.supervised("warm_start", &examples, &rc)
     }
 
@@ -576,7 +576,7 @@ impl Run {
     fn supervised(&mut self, phase: &str, examples: &[rft::Example], rc: &RftConfig) -> Result<()> {
         let steps = (examples.len().div_ceil(rc.batch) as u64) * rc.epochs as u64;
         let bar = self.step_bar(steps, phase);
-        let mut opt = AdamW::new(OptimConfig { lr: rc.lr, ..self.cfg.optim.clone() }, &self.pre.model.cfg);
+        let mut opt = AdamW::new(OptimConfig { lr: rc.lr, eps: rc.eps, ..self.cfg.optim.clone() }, &self.pre.model.cfg);
         let kind = format!("{phase}_step");
         let mut last = Instant::now();
         let (mut first, mut last_loss) = (f64::NAN, f64::NAN);

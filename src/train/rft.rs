@@ -29,6 +29,10 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct RftConfig {
     pub lr: f32,
+    /// AdamW's eps for the supervised phases (RFT, the warm start), apart
+    /// from DAPO's `[optim] eps`: the tiny default damps DAPO's AdamW with
+    /// a large eps, which would stall supervised learning.
+    pub eps: f32,
     pub warmup_steps: u64,
     /// Trajectories per optimizer step.
     pub batch: usize,
@@ -48,7 +52,7 @@ pub struct RftConfig {
 
 impl Default for RftConfig {
     fn default() -> Self {
-        RftConfig { lr: 5e-6, warmup_steps: 10, batch: 64, epochs: 1, micro_batch_tokens: 16_384, seed: 0, samples_per_task: 10, from: vec![] }
+        RftConfig { lr: 5e-6, eps: 1e-8, warmup_steps: 10, batch: 64, epochs: 1, micro_batch_tokens: 16_384, seed: 0, samples_per_task: 10, from: vec![] }
     }
 }
 
@@ -56,6 +60,9 @@ impl RftConfig {
     pub fn validate(&self) -> Result<()> {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("[rft] lr must be a positive number, got {}", self.lr);
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            bail!("[rft] eps must be a positive number, got {}", self.eps);
         }
         if self.batch == 0 {
             bail!("[rft] batch must be at least 1");
@@ -258,7 +265,7 @@ mod tests {
         let ex = vec![Example::from_mask(&[1, 5, 9, 5, 9, 5, 9, 2], &[false, true, true, true, true, true, true, true]); 4];
         let oc = OptimConfig { lr: 3e-3, weight_decay: 0.1, ..Default::default() };
         let mut opt = AdamW::new(oc, &m.cfg);
-        let cfg = RftConfig { lr: 3e-3, warmup_steps: 2, batch: 2, epochs: 10, micro_batch_tokens: 8, seed: 0, samples_per_task: 1, from: vec![] };
+        let cfg = RftConfig { lr: 3e-3, eps: 1e-8, warmup_steps: 2, batch: 2, epochs: 10, micro_batch_tokens: 8, seed: 0, samples_per_task: 1, from: vec![] };
         let steps = train(&mut m, &mut opt, &ex, &cfg, |_| {}).unwrap();
         assert_eq!(steps.len(), 20);
         assert_eq!(steps[0].micro_batches, 2, "two 8-token sequences in micro-batches of 8 tokens");
