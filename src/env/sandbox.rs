@@ -166,10 +166,14 @@ pub fn spawn_signal_reaper(docker: Docker, run_id: String) {
         while IN_FLIGHT.load(Ordering::SeqCst) > 0 && t0.elapsed() < Duration::from_secs(30) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // a create the counter did not see can land just after a listing:
-        // reap until a listing a moment later comes back empty
+        // a create the counter did not see can land just after a listing,
+        // and a container another task is removing stays listed (state
+        // "removing") until the daemon is done, which takes seconds on a
+        // loaded machine: reap until a listing a moment later comes back
+        // empty, for up to a minute (a fixed number of tries let such a
+        // container outlive the process)
         let _ = tokio::time::timeout(Duration::from_secs(60), async {
-            for _ in 0..5 {
+            loop {
                 let _ = reap_run(&docker, &run_id).await;
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 if run_containers(&docker, &run_id).await.map(|v| v.is_empty()).unwrap_or(false) {
