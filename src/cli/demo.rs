@@ -69,9 +69,9 @@ pub fn run(config: &Config, a: Args) -> Result<()> {
         trained_tokens
     );
 
-    // The demo is supervised: AdamW's eps is the supervised phases' ([rft]),
-    // not DAPO's damped one.
-    let optim = OptimConfig { lr: d.lr, eps: config.rft.eps, warmup_steps: d.warmup_steps, ..config.optim.clone() };
+    // The demo is supervised: the supervised phases' AdamW (the eps of
+    // [rft], not DAPO's damped one), with the demo's lr and warmup.
+    let optim = OptimConfig { lr: d.lr, warmup_steps: d.warmup_steps, ..config.rft.optim(&config.optim) };
     let mut opt = AdamW::new(optim, &p.model.cfg);
     let bar = ProgressBar::new(steps);
     bar.set_style(ProgressStyle::with_template("training [{bar:30}] {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));

@@ -5,7 +5,7 @@
 use crate::agent::trajectory::read_trajectories;
 use crate::config::Config;
 use crate::model::pretrained;
-use crate::train::optimizer::{AdamW, OptimConfig};
+use crate::train::optimizer::AdamW;
 use crate::train::rft;
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -43,7 +43,7 @@ pub fn run(config: &Config, a: Args) -> Result<()> {
     super::apply_model_settings(config, &mut p.model);
     crate::pipeline::run::place_trainer(config, &mut p.model)?;
     let cfg = &config.rft;
-    let mut opt = AdamW::new(OptimConfig { lr: cfg.lr, eps: cfg.eps, ..config.optim.clone() }, &p.model.cfg);
+    let mut opt = AdamW::new(cfg.optim(&config.optim), &p.model.cfg);
     let total = (examples.len().div_ceil(cfg.batch) * cfg.epochs as usize) as u64;
     let bar = ProgressBar::new(total);
     bar.set_style(ProgressStyle::with_template("rft [{bar:30}] {pos}/{len} steps {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_bar()));

@@ -180,6 +180,8 @@ struct LayerCtx {
     cos: DevicePtr,
     sin: DevicePtr,
     shape: AttnShape,
+    /// The softmax scale of the real head dim (heads may run zero-padded).
+    scale: f32,
 }
 
 /// Bytes the model holds on its device, by component.
@@ -524,12 +526,13 @@ impl GpuModel {
             cos,
             sin,
             shape: self.shape(),
+            scale: AttnShape { heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim }.scale(),
         }
     }
 
     /// One layer's forward from `xs[l]`; writes `xs[l + 1]` when `output`.
     fn layer_fwd(&mut self, l: usize, output: bool) -> Result<()> {
-        let LayerCtx { st, b, a, w, n, h, i, qd, kvd, hd, hdp, heads, kvh, eps, cos, sin, shape } = self.layer_ctx(l);
+        let LayerCtx { st, b, a, w, n, h, i, qd, kvd, hd, hdp, heads, kvh, eps, cos, sin, shape, scale } = self.layer_ctx(l);
         let dev = self.dev.as_mut();
 
         gpu::rmsnorm_fwd(dev, a.xn1, a.rstd1, None, b.xs[l], None, self.params[w.input_norm].master, n, h, eps)?;
@@ -543,7 +546,6 @@ impl GpuModel {
         gpu::pad_heads_bf16(dev, a.q_b, a.q, n * heads, hd, hdp)?;
         gpu::pad_heads_bf16(dev, a.k_b, a.k, n * kvh, hd, hdp)?;
         gpu::pad_heads_bf16(dev, a.v_b, a.v, n * kvh, hd, hdp)?;
-        let scale = 1.0 / (hd as f32).sqrt();
         flash_attn_fwd(dev, a.out_b, a.lse, a.q_b, a.k_b, a.v_b, b.cu_seqlens, st.batch, st.max_seqlen, shape, scale)?;
         if a.attn_b != a.out_b {
             gpu::unpad_heads_bf16(dev, a.attn_b, a.out_b, n * heads, hd, hdp)?;
@@ -629,7 +631,7 @@ impl GpuModel {
 
     /// One layer's backward: `b.dx` holds d x_{l+1} on entry, d x_l on exit.
     fn layer_bwd(&mut self, l: usize) -> Result<()> {
-        let LayerCtx { st, b, a, w, n, h, i, qd, kvd, hd, hdp, heads, kvh, eps: _, cos, sin, shape } = self.layer_ctx(l);
+        let LayerCtx { st, b, a, w, n, h, i, qd, kvd, hd, hdp, heads, kvh, eps: _, cos, sin, shape, scale } = self.layer_ctx(l);
 
         // MLP: x_{l+1} = x_mid + down(swiglu(gate(xn2), up(xn2)))
         gpu::f32_to_bf16(self.dev.as_mut(), b.dh_b, b.dx, n * h)?;
@@ -647,7 +649,6 @@ impl GpuModel {
         self.linear_bwd(b.dq, 0.0, b.dh_b, b.dx, a.attn_b, w.o, None, n, qd, h)?; // dq = d attn
         let dev = self.dev.as_mut();
         gpu::pad_heads_bf16(dev, b.dout_b, b.dq, n * heads, hd, hdp)?;
-        let scale = 1.0 / (hd as f32).sqrt();
         flash_attn_bwd(
             dev, b.dqp, b.dkp, b.dvp, b.dout_b, a.q_b, a.k_b, a.v_b, a.out_b, a.lse, b.cu_seqlens, st.batch, n, st.max_seqlen, shape, scale, true, b.ws_attn,
         )?;

@@ -39,7 +39,7 @@ use crate::model::chat::{ChatTemplate, Source};
 use crate::model::pretrained::{self, Pretrained};
 use crate::model::weights::Weights;
 use crate::train::algorithms::{dapo_step, prepare_samples};
-use crate::train::optimizer::{cosine_lr, AdamW, OptimConfig};
+use crate::train::optimizer::{cosine_lr, AdamW};
 use crate::train::rft::{self, RftConfig};
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -567,7 +567,8 @@ impl Run {
             tracing::warn!("{} of {} demonstrations did not solve their task and are left out", trajs.len() - sel.kept, trajs.len());
         }
         ensure!(ws.batch <= examples.len(), "warm_start.batch ({}) is larger than the data: {} verified demonstrations", ws.batch, examples.len());
-        let rc = RftConfig { lr: ws.lr, eps: self.cfg.rft.eps, warmup_steps: ws.warmup_steps, batch: ws.batch, epochs: ws.epochs, micro_batch_tokens: self.cfg.rft.micro_batch_tokens, seed: self.cfg.train.seed, samples_per_task: 1, from: vec![] };
+        // [rft]'s eps and micro-batch size, the warm start's own schedule
+        let rc = RftConfig { lr: ws.lr, warmup_steps: ws.warmup_steps, batch: ws.batch, epochs: ws.epochs, seed: self.cfg.train.seed, samples_per_task: 1, from: vec![], ..self.cfg.rft.clone() };
         self.supervised("warm_start", &examples, &rc)
     }
 
@@ -576,7 +577,7 @@ impl Run {
     fn supervised(&mut self, phase: &str, examples: &[rft::Example], rc: &RftConfig) -> Result<()> {
         let steps = (examples.len().div_ceil(rc.batch) as u64) * rc.epochs as u64;
         let bar = self.step_bar(steps, phase);
-        let mut opt = AdamW::new(OptimConfig { lr: rc.lr, eps: rc.eps, ..self.cfg.optim.clone() }, &self.pre.model.cfg);
+        let mut opt = AdamW::new(rc.optim(&self.cfg.optim), &self.pre.model.cfg);
         let kind = format!("{phase}_step");
         let mut last = Instant::now();
         let (mut first, mut last_loss) = (f64::NAN, f64::NAN);

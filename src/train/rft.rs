@@ -14,7 +14,7 @@
 //! Does not own the model's math, the optimizer (`optimizer`) or where
 //! trajectories come from (`agent`).
 
-use super::optimizer::{cosine_lr, optimizer_step, AdamW};
+use super::optimizer::{cosine_lr, optimizer_step, AdamW, OptimConfig};
 use crate::agent::trajectory::Trajectory;
 use crate::model::qwen2::{Batch, Model};
 use crate::model::weights::Weights;
@@ -57,6 +57,12 @@ impl Default for RftConfig {
 }
 
 impl RftConfig {
+    /// The supervised phases' AdamW: `base`'s betas, weight decay and
+    /// clip (`[optim]`), with this config's lr and eps.
+    pub fn optim(&self, base: &OptimConfig) -> OptimConfig {
+        OptimConfig { lr: self.lr, eps: self.eps, ..base.clone() }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("[rft] lr must be a positive number, got {}", self.lr);
@@ -265,7 +271,7 @@ mod tests {
         let ex = vec![Example::from_mask(&[1, 5, 9, 5, 9, 5, 9, 2], &[false, true, true, true, true, true, true, true]); 4];
         let oc = OptimConfig { lr: 3e-3, weight_decay: 0.1, ..Default::default() };
         let mut opt = AdamW::new(oc, &m.cfg);
-        let cfg = RftConfig { lr: 3e-3, eps: 1e-8, warmup_steps: 2, batch: 2, epochs: 10, micro_batch_tokens: 8, seed: 0, samples_per_task: 1, from: vec![] };
+        let cfg = RftConfig { lr: 3e-3, warmup_steps: 2, batch: 2, epochs: 10, micro_batch_tokens: 8, samples_per_task: 1, ..Default::default() };
         let steps = train(&mut m, &mut opt, &ex, &cfg, |_| {}).unwrap();
         assert_eq!(steps.len(), 20);
         assert_eq!(steps[0].micro_batches, 2, "two 8-token sequences in micro-batches of 8 tokens");
