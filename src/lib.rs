@@ -21,5 +21,6 @@ pub mod parallel;
 pub mod pipeline;
 pub mod report;
 pub mod serve;
+pub mod signals;
 pub mod tensor;
 pub mod train;

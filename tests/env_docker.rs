@@ -251,19 +251,21 @@ async fn sigterm_removes_the_runs_containers() {
         .args(["env", "validate", "--out"])
         .arg(out.path().join("valid.jsonl"))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(out.path().join("stderr")).unwrap())
         .spawn()
         .unwrap();
     let prefix = format!("validate-{}-", child.id());
+    // (state, run label) of this child's containers
     let mine = |d: bollard::Docker, prefix: String| async move {
         let mut filters = std::collections::HashMap::new();
         filters.insert("label".to_string(), vec![env::LABEL_RUN.to_string()]);
         let opts = bollard::query_parameters::ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
-        d.list_containers(Some(opts)).await.unwrap().into_iter().filter(|c| c.labels.as_ref().and_then(|l| l.get(env::LABEL_RUN)).is_some_and(|r| r.starts_with(&prefix))).count()
+        let run = |c: &bollard::models::ContainerSummary| c.labels.as_ref().and_then(|l| l.get(env::LABEL_RUN)).cloned().unwrap_or_default();
+        d.list_containers(Some(opts)).await.unwrap().into_iter().filter(|c| run(c).starts_with(&prefix)).map(|c| (format!("{:?}", c.state), run(&c))).collect::<Vec<_>>()
     };
     let mut seen = false;
     for _ in 0..600 {
-        if mine(d.clone(), prefix.clone()).await > 0 {
+        if !mine(d.clone(), prefix.clone()).await.is_empty() {
             seen = true;
             break;
         }
@@ -275,6 +277,10 @@ async fn sigterm_removes_the_runs_containers() {
     assert!(seen, "validate started no container");
     assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     let status = bounded(120, tokio::task::spawn_blocking(move || child.wait())).await.unwrap().unwrap();
-    assert!(!status.success());
-    assert_eq!(mine(d.clone(), prefix).await, 0, "containers of the interrupted run remain");
+    let stderr = std::fs::read_to_string(out.path().join("stderr")).unwrap_or_default();
+    let tail: String = stderr.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    // 143, not death by the signal: the reaper handled it and exited
+    assert_eq!(status.code(), Some(143), "exit status {status}; stderr ends:\n{tail}");
+    let left = mine(d.clone(), prefix).await;
+    assert!(left.is_empty(), "containers of the interrupted run remain: {left:?}; stderr ends:\n{tail}");
 }

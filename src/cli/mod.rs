@@ -149,7 +149,10 @@ pub fn run(cli: Cli) -> Result<()> {
 /// The binary's entry point: returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    match run(cli) {
+    let r = run(cli);
+    // an interrupted run exits from the signal reaper, once its containers are gone
+    crate::env::sandbox::wait_for_signal_reaper();
+    match r {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");

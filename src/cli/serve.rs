@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::engine::service::EngineService;
 use crate::model::pretrained;
 use crate::serve::{self, ServeOptions};
+use crate::signals::Signals;
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -54,45 +55,24 @@ pub fn run(config: &Config, a: Args) -> Result<()> {
     rt.block_on(async move {
         let engine = EngineService::start(p.model, &name, c.queue, c.max_batch)?;
         let server = serve::bind(engine, p.tokenizer, opts).await?;
+        // listening for signals before the address goes out: a client may
+        // stop the server as soon as it reads it
+        let signals = Signals::install();
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on http://{}", server.addr())?;
         out.flush()?;
         drop(out);
         eprintln!("serving {name} ({}) at {}; Ctrl-C stops", p.origin, server.base_url());
-        server.run_until(shutdown_signal()).await
+        server
+            .run_until(async move {
+                signals.recv().await;
+                eprintln!("shutting down");
+            })
+            .await
     })
 }
 
 /// The name clients see: the model directory's last component, or "tiny".
 fn served_name(dir: Option<&Path>) -> String {
     dir.and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "tiny".into())
-}
-
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!("cannot listen for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
-    eprintln!("shutting down");
 }

@@ -156,56 +156,64 @@ pub async fn reap_expired(docker: &Docker) -> Result<usize> {
 }
 
 /// On SIGINT or SIGTERM: remove this run's containers and exit (130/143).
+///
+/// Must be called inside the runtime. The handlers are installed before it
+/// returns, not when the spawned task is first polled: on a loaded machine
+/// that poll can come after the first container exists, and a signal in
+/// between would take the default action and leave the container behind.
+/// The reaping runs on a thread and runtime of its own, because the
+/// command's work fails fast once its containers go and its runtime may
+/// end before the reaping is done; `wait_for_signal_reaper` keeps the
+/// process alive until the reaper exits it.
 pub fn spawn_signal_reaper(docker: Docker, run_id: String) {
+    let signals = crate::signals::Signals::install();
     tokio::spawn(async move {
-        let code = wait_signal().await;
+        let code = signals.recv().await.exit_code();
         eprintln!("signal received: removing the containers of run {run_id}");
         SHUTTING_DOWN.store(true, Ordering::SeqCst);
-        // let creations in flight land (they remove their own container), then reap
-        let t0 = std::time::Instant::now();
-        while IN_FLIGHT.load(Ordering::SeqCst) > 0 && t0.elapsed() < Duration::from_secs(30) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        // a create the counter did not see can land just after a listing,
-        // and a container another task is removing stays listed (state
-        // "removing") until the daemon is done, which takes seconds on a
-        // loaded machine: reap until a listing a moment later comes back
-        // empty, for up to a minute (a fixed number of tries let such a
-        // container outlive the process)
-        let _ = tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                let _ = reap_run(&docker, &run_id).await;
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                if run_containers(&docker, &run_id).await.map(|v| v.is_empty()).unwrap_or(false) {
-                    break;
-                }
+        std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(async {
+                    let docker = super::connect().await.unwrap_or(docker);
+                    reap_after_signal(&docker, &run_id).await;
+                });
             }
-        })
-        .await;
-        std::process::exit(code);
+            eprintln!("removed the containers of run {run_id}");
+            std::process::exit(code);
+        });
     });
 }
 
-async fn wait_signal() -> i32 {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = tokio::signal::ctrl_c() => 130,
-                _ = term.recv() => 143,
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                130
+/// Called when a command is done: if a signal arrived, wait (at most the
+/// reaper's own bounds) for the signal reaper to remove the run's
+/// containers and exit the process with the signal's code.
+pub fn wait_for_signal_reaper() {
+    if SHUTTING_DOWN.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_secs(120));
+    }
+}
+
+async fn reap_after_signal(docker: &Docker, run_id: &str) {
+    // let creations in flight land (they remove their own container), then reap
+    let t0 = std::time::Instant::now();
+    while IN_FLIGHT.load(Ordering::SeqCst) > 0 && t0.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // a container another task is removing stays listed (state "removing")
+    // until the daemon is done, which takes seconds on a loaded machine:
+    // reap until a listing a moment later comes back empty, for up to a
+    // minute (a fixed number of tries let such a container outlive the
+    // process)
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let _ = reap_run(docker, run_id).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if run_containers(docker, run_id).await.map(|v| v.is_empty()).unwrap_or(false) {
+                break;
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        130
-    }
+    })
+    .await;
 }
 
 /// Removes a run's containers when dropped (from any context: it uses a
