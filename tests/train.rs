@@ -1,8 +1,8 @@
 //! `appliance train` through the binary, against the real Docker Engine:
 //! kill -9 during DAPO, resume, and the same records as an uninterrupted
 //! run; and bad input that fails clearly without touching the run
-//! directory. (A shortened embedded default that learns beyond the SEM is
-//! not here yet: DAPO does not improve the tiny model; see the README.)
+//! directory. The shortened embedded default that learns beyond the SEM is
+//! tests/embedded_default.rs.
 
 use serde_json::Value;
 use std::collections::BTreeMap;
