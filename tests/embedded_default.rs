@@ -9,7 +9,6 @@
 //! that the policy does not collapse.
 
 use serde_json::Value;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -79,5 +78,5 @@ fn a_shortened_default_run_improves_the_held_out_pass_rate_beyond_the_sem() {
     for f in ["config.toml", "metrics.jsonl", "summary.json", "checkpoints/LATEST"] {
         assert!(run.join(f).is_file(), "{f} missing from {}", run.display());
     }
-    assert!(Path::new(&run.join("trajectories")).is_dir());
+    assert!(run.join("trajectories").is_dir(), "trajectories/ missing from {}", run.display());
 }
