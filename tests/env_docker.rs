@@ -240,6 +240,23 @@ async fn bad_input_gives_clear_errors_or_classified_results() {
     let r = bounded(300, grade::grade(&d, &t, "appliance-test/no-such-image:never", &t.patch, &opts)).await;
     assert_eq!(r.outcome, Outcome::EnvironmentError);
     assert_eq!(r.reward, None, "an environment error is never scored");
+    // a test patch that does not apply and an env_setup that fails are the
+    // environment's failures (never scored); tests past their limit time out
+    let mut broken = t.clone();
+    broken.test_patch = bad.into();
+    let r = bounded(300, grade::grade(&d, &broken, &img, &t.patch, &opts)).await;
+    assert_eq!((r.outcome, r.reward), (Outcome::EnvironmentError, None), "{}", r.detail);
+    assert!(r.detail.contains("test_patch did not apply"), "{}", r.detail);
+    let mut broken = t.clone();
+    broken.env_setup = Some("echo no such toolchain; exit 3".into());
+    let r = bounded(300, grade::grade(&d, &broken, &img, &t.patch, &opts)).await;
+    assert_eq!((r.outcome, r.reward), (Outcome::EnvironmentError, None), "{}", r.detail);
+    assert!(r.detail.contains("env_setup exited with 3") && r.detail.contains("no such toolchain"), "{}", r.detail);
+    let mut slow = t.clone();
+    slow.test_cmd = Some("sleep 60".into());
+    let quick = GradeOptions { run_id: run.clone(), test_timeout: Duration::from_secs(2) };
+    let r = bounded(300, grade::grade(&d, &slow, &img, &t.patch, &quick)).await;
+    assert_eq!((r.outcome, r.reward), (Outcome::TimedOut, Some(0.0)), "{}", r.detail);
     assert_no_containers(&d, &run).await;
 }
 

@@ -105,19 +105,31 @@ pub async fn upload_file_mode(docker: &Docker, container: &str, path: &str, cont
     if name.is_empty() {
         bail!("path {path:?} names a directory, not a file");
     }
+    upload_files(docker, container, dir, &[(name, content, mode)]).await
+}
+
+/// Put several files into one existing directory of a container with one
+/// Engine API call (one tar): each is (name, content, permission bits).
+pub async fn upload_files(docker: &Docker, container: &str, dir: &str, files: &[(&str, &[u8], u32)]) -> Result<()> {
     let mut b = tar::Builder::new(Vec::new());
-    let mut h = tar::Header::new_gnu();
-    h.set_size(content.len() as u64);
-    h.set_mode(mode);
-    h.set_mtime(super::now_unix());
-    h.set_cksum();
-    b.append_data(&mut h, name, content)?;
+    for (name, content, mode) in files {
+        if name.is_empty() || name.contains('/') {
+            bail!("file name {name:?} must be a plain name inside {dir}");
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(*mode);
+        h.set_mtime(super::now_unix());
+        h.set_cksum();
+        b.append_data(&mut h, name, *content)?;
+    }
     let bytes = b.into_inner()?;
     let opts = bollard::query_parameters::UploadToContainerOptions { path: dir.to_string(), ..Default::default() };
+    let names: Vec<&str> = files.iter().map(|f| f.0).collect();
     docker
         .upload_to_container(container, Some(opts), bollard::body_full(bytes.into()))
         .await
-        .map_err(|e| EnvError(format!("writing {path} into container {container}: {e}")))?;
+        .map_err(|e| EnvError(format!("writing {} into {dir} of container {container}: {e}", names.join(", "))))?;
     Ok(())
 }
 

@@ -8,7 +8,7 @@
 //! per-test status. Environment errors carry no reward: they are never
 //! scored as policy failures. Does not own: log parsing (`logparse`).
 
-use super::episode::{apply_patch, upload_file};
+use super::episode::upload_files;
 use super::logparse::{self, Status};
 use super::sandbox::{self, Spec};
 use super::shell::{OutputLimits, Shell};
@@ -107,31 +107,88 @@ pub async fn grade(docker: &Docker, task: &Task, image: &str, patch: &str, opts:
     Report { instance_id: task.instance_id.clone(), outcome, reward, tests, detail, seconds: t0.elapsed().as_secs_f64() }
 }
 
+/// The files one grading puts in the container's /tmp (one upload): the
+/// patch, the test patch, the test command, the task's env_setup, and the
+/// script that applies them.
+const PATCH_FILE: &str = "appliance_patch.diff";
+const TEST_PATCH_FILE: &str = "appliance_test.diff";
+const TESTS_FILE: &str = "appliance_tests.sh";
+const SETUP_FILE: &str = "appliance_setup.sh";
+const PREPARE_FILE: &str = "appliance_prepare.sh";
+
+/// Exit codes of the prepare script: the patch did not apply (the policy's
+/// failure), the test patch did not apply or env_setup failed (the
+/// environment's).
+const PATCH_FAILED: i64 = 90;
+const TEST_PATCH_FAILED: i64 = 91;
+const SETUP_FAILED: i64 = 92;
+
+/// The prepare script: apply the patch (`git apply`, then `patch` with
+/// fuzz), put the test files back to base_commit, apply the test patch, run
+/// env_setup. It prints only the output of a step that failed.
+fn prepare_script(task: &Task, has_patch: bool) -> String {
+    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let apply = |file: &str, code: i64| {
+        format!("out=$( (git apply --verbose /tmp/{file} 2>&1 || patch --batch --fuzz=5 -p1 -i /tmp/{file} 2>&1) ) || {{ printf '%s\\n' \"$out\"; exit {code}; }}\n")
+    };
+    let mut s = String::from("cd /testbed || exit 1\n");
+    if has_patch {
+        s += &apply(PATCH_FILE, PATCH_FAILED);
+    }
+    // the test files go back to base_commit before the test patch, as in SWE-bench
+    let files: Vec<String> = task.test_files().iter().map(|f| q(f)).collect();
+    if !files.is_empty() {
+        s += &format!("for f in {}; do git checkout -q {} -- \"$f\" 2>/dev/null || rm -f \"$f\"; done\n", files.join(" "), q(&task.base_commit));
+    }
+    if !task.test_patch.trim().is_empty() {
+        s += &apply(TEST_PATCH_FILE, TEST_PATCH_FAILED);
+    }
+    if task.env_setup.is_some() {
+        s += &format!("out=$(bash /tmp/{SETUP_FILE} 2>&1) || {{ c=$?; printf 'env_setup exited with %s\\n%s\\n' \"$c\" \"$out\"; exit {SETUP_FAILED}; }}\n");
+    }
+    s + "exit 0\n"
+}
+
+/// The patch and test patch as `git apply` wants them: a final newline.
+fn diff_file(diff: &str) -> Vec<u8> {
+    if diff.trim().is_empty() {
+        return vec![];
+    }
+    let mut d = diff.to_string();
+    if !d.ends_with('\n') {
+        d.push('\n');
+    }
+    d.into_bytes()
+}
+
+/// Grade in a started container with one upload and two execs (prepare,
+/// then the tests): every round trip to the daemon costs tens of
+/// milliseconds on a busy machine, and a rollout grades every episode.
 async fn grade_in(docker: &Docker, id: &str, task: &Task, patch: &str, opts: &GradeOptions) -> Result<(Outcome, BTreeMap<String, Status>, String)> {
     let mut sh = Shell::exec_only(docker.clone(), id);
     sh.limits = OutputLimits { head_bytes: 64 << 10, tail_bytes: 256 << 10 };
-    let (ok, out) = apply_patch(&mut sh, docker, id, patch, "/tmp/appliance_patch.diff").await?;
-    if !ok {
-        return Ok((Outcome::PatchDidNotApply, BTreeMap::new(), tail(&out, 2000)));
+    let (patch_bytes, test_patch_bytes) = (diff_file(patch), diff_file(&task.test_patch));
+    let prepare = prepare_script(task, !patch_bytes.is_empty());
+    let tests = test_command(task);
+    let setup = task.env_setup.clone().unwrap_or_default();
+    let files: [(&str, &[u8], u32); 5] = [
+        (PATCH_FILE, &patch_bytes, 0o644),
+        (TEST_PATCH_FILE, &test_patch_bytes, 0o644),
+        (TESTS_FILE, tests.as_bytes(), 0o644),
+        (SETUP_FILE, setup.as_bytes(), 0o644),
+        (PREPARE_FILE, prepare.as_bytes(), 0o644),
+    ];
+    upload_files(docker, id, "/tmp", &files).await?;
+    let limit = Duration::from_secs(if task.env_setup.is_some() { 720 } else { 120 });
+    let r = sh.run_exec(&format!("bash /tmp/{PREPARE_FILE}"), limit).await?;
+    match r.exit_code {
+        Some(0) => {}
+        Some(PATCH_FAILED) => return Ok((Outcome::PatchDidNotApply, BTreeMap::new(), tail(&r.output, 2000))),
+        Some(TEST_PATCH_FAILED) => anyhow::bail!(super::EnvError(format!("the task's test_patch did not apply: {}", tail(&r.output, 1000)))),
+        Some(SETUP_FAILED) => anyhow::bail!(super::EnvError(format!("env_setup failed: {}", tail(&r.output, 1000)))),
+        other => anyhow::bail!(super::EnvError(format!("preparing the tests failed (exit {other:?}): {}", tail(&r.output, 1000)))),
     }
-    // the test files go back to base_commit before the test patch, as in SWE-bench
-    let files: Vec<String> = task.test_files().iter().map(|f| format!("'{}'", f.replace('\'', "'\\''"))).collect();
-    if !files.is_empty() {
-        let c = format!("cd /testbed && for f in {}; do git checkout -q '{}' -- \"$f\" 2>/dev/null || rm -f \"$f\"; done; true", files.join(" "), task.base_commit.replace('\'', ""));
-        sh.run_exec(&c, Duration::from_secs(60)).await?;
-    }
-    let (ok, out) = apply_patch(&mut sh, docker, id, &task.test_patch, "/tmp/appliance_test.diff").await?;
-    if !ok {
-        anyhow::bail!(super::EnvError(format!("the task's test_patch did not apply: {}", tail(&out, 1000))));
-    }
-    if let Some(setup) = &task.env_setup {
-        let r = sh.run_exec(setup, Duration::from_secs(600)).await?;
-        if r.exit_code != Some(0) {
-            anyhow::bail!(super::EnvError(format!("env_setup failed ({:?}): {}", r.exit_code, tail(&r.output, 1000))));
-        }
-    }
-    upload_file(docker, id, "/tmp/appliance_tests.sh", test_command(task).as_bytes()).await?;
-    let r = sh.run_exec("cd /testbed && bash /tmp/appliance_tests.sh", opts.test_timeout).await?;
+    let r = sh.run_exec(&format!("cd /testbed && bash /tmp/{TESTS_FILE}"), opts.test_timeout).await?;
     let parsed = logparse::parse(&r.output);
     let (all, tests) = judge(task, &parsed);
     if r.timed_out {
@@ -147,5 +204,40 @@ fn tail(s: &str, n: usize) -> String {
         s.to_string()
     } else {
         chars[chars.len() - n..].iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> Task {
+        Task {
+            base_commit: "abc123".into(),
+            test_patch: "diff --git a/tests/test_it's.py b/tests/test_it's.py\n--- a/tests/test_it's.py\n+++ b/tests/test_it's.py\n@@ -1 +1 @@\n-a\n+b\n".into(),
+            ..Task::default()
+        }
+    }
+
+    #[test]
+    fn the_prepare_script_applies_the_patch_then_resets_and_patches_the_tests() {
+        let t = task();
+        let s = prepare_script(&t, true);
+        let at = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle:?} missing from\n{s}"));
+        assert!(at(PATCH_FILE) < at("git checkout -q 'abc123'") && at("git checkout") < at(TEST_PATCH_FILE), "{s}");
+        assert!(s.contains("'tests/test_it'\\''s.py'"), "the test file is quoted for bash: {s}");
+        assert!(s.contains(&format!("exit {PATCH_FAILED}")) && s.contains(&format!("exit {TEST_PATCH_FAILED}")) && !s.contains(SETUP_FILE), "{s}");
+        let s = prepare_script(&t, false);
+        assert!(!s.contains(PATCH_FILE), "no patch, no apply step: {s}");
+        let mut t = task();
+        t.env_setup = Some("pip install -e .".into());
+        assert!(prepare_script(&t, true).contains(&format!("exit {SETUP_FAILED}")));
+    }
+
+    #[test]
+    fn diff_files_end_with_a_newline_and_blank_diffs_are_empty() {
+        assert_eq!(diff_file("a\nb"), b"a\nb\n");
+        assert_eq!(diff_file("a\n"), b"a\n");
+        assert!(diff_file(" \n\t").is_empty());
     }
 }
