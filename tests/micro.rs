@@ -84,6 +84,14 @@ async fn empty_patch_fails_gold_passes_and_the_issue_tells_the_truth() {
         }
         let gold = bounded(300, grade::grade(&s.docker, t, img, &t.patch, &opts)).await;
         assert_eq!((gold.outcome, gold.reward), (Outcome::Passed, Some(1.0)), "{}: {}", t.instance_id, gold.detail);
+        // the repository's own runner judges every test as pytest does
+        assert!(t.test_cmd.as_deref().is_some_and(|c| c.contains(micro::RUNNER_PATH)), "{:?}", t.test_cmd);
+        let mut under_pytest = t.clone();
+        under_pytest.test_cmd = None;
+        for (patch, ours) in [("", &empty), (t.patch.as_str(), &gold)] {
+            let theirs = bounded(300, grade::grade(&s.docker, &under_pytest, img, patch, &opts)).await;
+            assert_eq!((theirs.outcome, &theirs.tests), (ours.outcome, &ours.tests), "{}: pytest said\n{}\nthe runner said\n{}", t.instance_id, theirs.detail, ours.detail);
+        }
         eprintln!("{}: empty {:.2}s, gold {:.2}s", t.instance_id, empty.seconds, gold.seconds);
     }
     // what the issue says the call returns is what it returns at base_commit
