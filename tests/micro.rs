@@ -186,6 +186,29 @@ fn token_counts_are_small() {
     assert!(stats(&replies[0]).2 <= 30 && stats(&replies[1]).2 <= 64 && stats(&replies[2]).2 <= 16, "{:?}", replies.iter().map(|v| stats(v)).collect::<Vec<_>>());
 }
 
+/// Every reply of the small family's canonical solutions, `<|im_end|>`
+/// included, fits the embedded default's reply limit: a longer one is cut
+/// before its closing fence, and its bug could never be solved (at 48
+/// tokens the `thank` bug's 50-token `replace` never was).
+#[test]
+fn every_small_bug_fits_the_default_reply_limit() {
+    let cfg = appliance::config::Config::embedded();
+    let tok = Tokenizer::tiny().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = micro::family_tasks(micro::Family::Small, cfg.train.micro_seed, cfg.train.micro_tasks, dir.path()).unwrap();
+    let mut longest = (0, String::new());
+    for t in &tasks {
+        for r in micro::demonstration_replies(t, &cfg.agent.fence).unwrap() {
+            let n = tok.encode_plain(&r).unwrap().len() + 1;
+            if n > longest.0 {
+                longest = (n, r);
+            }
+        }
+    }
+    eprintln!("longest canonical reply: {} tokens with <|im_end|>:\n{}", longest.0, longest.1);
+    assert!(longest.0 <= cfg.agent.max_reply_tokens, "agent.max_reply_tokens = {} cuts this {}-token reply:\n{}", cfg.agent.max_reply_tokens, longest.0, longest.1);
+}
+
 /// The small family against the real Engine: for each of its ten bugs the
 /// empty patch fails and the gold patch passes (so no test shadows
 /// another and the bug is real).
