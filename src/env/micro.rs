@@ -25,6 +25,9 @@
 //! - Hidden tests, as in SWE-bench: the test file is not in the repository;
 //!   the test patch adds it. It holds a FAIL_TO_PASS test (the symptom) and
 //!   a PASS_TO_PASS test (behaviour the bug does not touch), stdlib only.
+//!   The repository's own runner (`run_tests.py`, stdlib only) runs them
+//!   and prints pytest's `-rA` lines: pytest's start-up alone took ten
+//!   times the tests' time, and every episode is graded.
 //! - One repository, one image. An image per task costs about 2 s through
 //!   `image::ensure_task_image` on the 2-core machine (each build clones the
 //!   repository afresh, so Docker's cache never hits): ten minutes for 300
