@@ -8,7 +8,7 @@
 //! Does not own: the policy, grading (`grade`), or admission (`pool`).
 
 use super::sandbox::{self, Spec};
-use super::shell::{CmdOutput, OutputLimits, Shell};
+use super::shell::{quote, CmdOutput, OutputLimits, Shell};
 use super::EnvError;
 use anyhow::{bail, Result};
 use bollard::Docker;
@@ -133,10 +133,6 @@ pub async fn upload_files(docker: &Docker, container: &str, dir: &str, files: &[
     Ok(())
 }
 
-fn sq(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
 impl Episode {
     /// Start a container and its shell session.
     pub async fn start(docker: &Docker, spec: &Spec, base_commit: &str) -> Result<Self> {
@@ -175,7 +171,7 @@ impl Episode {
     /// Lines `start..=end` (1-based) of a file, each with its number.
     pub async fn read_window(&mut self, path: &str, start: usize, end: usize) -> Result<String> {
         let p = Self::abs(path);
-        let cmd = format!("test -f {q} || {{ echo 'no such file: {p}'; exit 2; }}; awk -v a={start} -v b={end} 'NR>=a && NR<=b {{ printf \"%6d  %s\\n\", NR, $0 }}' {q}", q = sq(&p), p = p.replace('\'', ""));
+        let cmd = format!("test -f {q} || {{ echo 'no such file: {p}'; exit 2; }}; awk -v a={start} -v b={end} 'NR>=a && NR<=b {{ printf \"%6d  %s\\n\", NR, $0 }}' {q}", q = quote(&p), p = p.replace('\'', ""));
         let r = self.shell.run_exec(&cmd, Duration::from_secs(30)).await?;
         if r.exit_code != Some(0) {
             bail!("reading {p}: {}", r.output.trim());
@@ -209,7 +205,7 @@ impl Episode {
     pub async fn submission(&mut self) -> Result<String> {
         let saved = self.shell.limits;
         self.shell.limits = OutputLimits { head_bytes: 8 << 20, tail_bytes: 0 };
-        let r = self.shell.run_exec(&format!("cd /testbed && git add -A -- . ':(exclude,glob)**/__pycache__/**' ':(exclude,glob)**/.pytest_cache/**' ':(exclude,glob)**/*.pyc' >/dev/null 2>&1 && git -c core.fileMode=false diff --cached --binary {} ", sq(&self.base_commit)), Duration::from_secs(60)).await;
+        let r = self.shell.run_exec(&format!("cd /testbed && git add -A -- . ':(exclude,glob)**/__pycache__/**' ':(exclude,glob)**/.pytest_cache/**' ':(exclude,glob)**/*.pyc' >/dev/null 2>&1 && git -c core.fileMode=false diff --cached --binary {} ", quote(&self.base_commit)), Duration::from_secs(60)).await;
         self.shell.limits = saved;
         let r = r?;
         if r.exit_code != Some(0) {
@@ -246,18 +242,44 @@ impl Drop for Episode {
     }
 }
 
-/// Apply a diff in /testbed: `git apply`, then `patch` with fuzz. Ok(false)
-/// when it does not apply; Err only for environment failures.
-pub async fn apply_patch(shell: &mut Shell, docker: &Docker, container: &str, diff: &str, tmp_path: &str) -> Result<(bool, String)> {
+/// A diff as `git apply` wants it: with a final newline; empty when blank.
+pub fn diff_bytes(diff: &str) -> Vec<u8> {
     if diff.trim().is_empty() {
-        return Ok((true, String::new()));
+        return vec![];
     }
     let mut d = diff.to_string();
     if !d.ends_with('\n') {
         d.push('\n');
     }
-    upload_file(docker, container, tmp_path, d.as_bytes()).await?;
-    let cmd = format!("cd /testbed && (git apply --verbose {p} 2>&1 || patch --batch --fuzz=5 -p1 -i {p} 2>&1)", p = sq(tmp_path));
-    let r = shell.run_exec(&cmd, Duration::from_secs(60)).await?;
+    d.into_bytes()
+}
+
+/// The command that applies the diff file at `path` in the current
+/// directory: `git apply`, then `patch` with fuzz; output on stdout.
+pub fn apply_command(path: &str) -> String {
+    format!("(git apply --verbose {p} 2>&1 || patch --batch --fuzz=5 -p1 -i {p} 2>&1)", p = quote(path))
+}
+
+/// Apply a diff in /testbed: `git apply`, then `patch` with fuzz. Ok(false)
+/// when it does not apply; Err only for environment failures.
+pub async fn apply_patch(shell: &mut Shell, docker: &Docker, container: &str, diff: &str, tmp_path: &str) -> Result<(bool, String)> {
+    let d = diff_bytes(diff);
+    if d.is_empty() {
+        return Ok((true, String::new()));
+    }
+    upload_file(docker, container, tmp_path, &d).await?;
+    let r = shell.run_exec(&format!("cd /testbed && {}", apply_command(tmp_path)), Duration::from_secs(60)).await?;
     Ok((r.exit_code == Some(0), r.output))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_bytes_end_with_a_newline_and_blank_diffs_are_empty() {
+        assert_eq!(diff_bytes("a\nb"), b"a\nb\n");
+        assert_eq!(diff_bytes("a\n"), b"a\n");
+        assert!(diff_bytes(" \n\t").is_empty());
+    }
 }

@@ -8,10 +8,10 @@
 //! per-test status. Environment errors carry no reward: they are never
 //! scored as policy failures. Does not own: log parsing (`logparse`).
 
-use super::episode::upload_files;
+use super::episode::{apply_command, diff_bytes, upload_files};
 use super::logparse::{self, Status};
 use super::sandbox::{self, Spec};
-use super::shell::{OutputLimits, Shell};
+use super::shell::{quote, OutputLimits, Shell};
 use super::task::Task;
 use anyhow::Result;
 use bollard::Docker;
@@ -66,7 +66,7 @@ pub fn test_command(task: &Task) -> String {
     if let Some(c) = &task.test_cmd {
         return c.clone();
     }
-    let files: Vec<String> = task.test_files().iter().map(|f| format!("'{}'", f.replace('\'', "'\\''"))).collect();
+    let files: Vec<String> = task.test_files().iter().map(|f| quote(f)).collect();
     format!("python3 -m pytest -rA -p no:cacheprovider {}", files.join(" "))
 }
 
@@ -127,18 +127,15 @@ const SETUP_FAILED: i64 = 92;
 /// fuzz), put the test files back to base_commit, apply the test patch, run
 /// env_setup. It prints only the output of a step that failed.
 fn prepare_script(task: &Task, has_patch: bool) -> String {
-    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
-    let apply = |file: &str, code: i64| {
-        format!("out=$( (git apply --verbose /tmp/{file} 2>&1 || patch --batch --fuzz=5 -p1 -i /tmp/{file} 2>&1) ) || {{ printf '%s\\n' \"$out\"; exit {code}; }}\n")
-    };
+    let apply = |file: &str, code: i64| format!("out=$( {} ) || {{ printf '%s\\n' \"$out\"; exit {code}; }}\n", apply_command(&format!("/tmp/{file}")));
     let mut s = String::from("cd /testbed || exit 1\n");
     if has_patch {
         s += &apply(PATCH_FILE, PATCH_FAILED);
     }
     // the test files go back to base_commit before the test patch, as in SWE-bench
-    let files: Vec<String> = task.test_files().iter().map(|f| q(f)).collect();
+    let files: Vec<String> = task.test_files().iter().map(|f| quote(f)).collect();
     if !files.is_empty() {
-        s += &format!("for f in {}; do git checkout -q {} -- \"$f\" 2>/dev/null || rm -f \"$f\"; done\n", files.join(" "), q(&task.base_commit));
+        s += &format!("for f in {}; do git checkout -q {} -- \"$f\" 2>/dev/null || rm -f \"$f\"; done\n", files.join(" "), quote(&task.base_commit));
     }
     if !task.test_patch.trim().is_empty() {
         s += &apply(TEST_PATCH_FILE, TEST_PATCH_FAILED);
@@ -149,25 +146,13 @@ fn prepare_script(task: &Task, has_patch: bool) -> String {
     s + "exit 0\n"
 }
 
-/// The patch and test patch as `git apply` wants them: a final newline.
-fn diff_file(diff: &str) -> Vec<u8> {
-    if diff.trim().is_empty() {
-        return vec![];
-    }
-    let mut d = diff.to_string();
-    if !d.ends_with('\n') {
-        d.push('\n');
-    }
-    d.into_bytes()
-}
-
 /// Grade in a started container with one upload and two execs (prepare,
 /// then the tests): every round trip to the daemon costs tens of
 /// milliseconds on a busy machine, and a rollout grades every episode.
 async fn grade_in(docker: &Docker, id: &str, task: &Task, patch: &str, opts: &GradeOptions) -> Result<(Outcome, BTreeMap<String, Status>, String)> {
     let mut sh = Shell::exec_only(docker.clone(), id);
     sh.limits = OutputLimits { head_bytes: 64 << 10, tail_bytes: 256 << 10 };
-    let (patch_bytes, test_patch_bytes) = (diff_file(patch), diff_file(&task.test_patch));
+    let (patch_bytes, test_patch_bytes) = (diff_bytes(patch), diff_bytes(&task.test_patch));
     let prepare = prepare_script(task, !patch_bytes.is_empty());
     let tests = test_command(task);
     let setup = task.env_setup.clone().unwrap_or_default();
@@ -226,18 +211,12 @@ mod tests {
         let at = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("{needle:?} missing from\n{s}"));
         assert!(at(PATCH_FILE) < at("git checkout -q 'abc123'") && at("git checkout") < at(TEST_PATCH_FILE), "{s}");
         assert!(s.contains("'tests/test_it'\\''s.py'"), "the test file is quoted for bash: {s}");
+        assert!(!s.contains("$(("), "a command substitution must not read as arithmetic: {s}");
         assert!(s.contains(&format!("exit {PATCH_FAILED}")) && s.contains(&format!("exit {TEST_PATCH_FAILED}")) && !s.contains(SETUP_FILE), "{s}");
         let s = prepare_script(&t, false);
         assert!(!s.contains(PATCH_FILE), "no patch, no apply step: {s}");
         let mut t = task();
         t.env_setup = Some("pip install -e .".into());
         assert!(prepare_script(&t, true).contains(&format!("exit {SETUP_FAILED}")));
-    }
-
-    #[test]
-    fn diff_files_end_with_a_newline_and_blank_diffs_are_empty() {
-        assert_eq!(diff_file("a\nb"), b"a\nb\n");
-        assert_eq!(diff_file("a\n"), b"a\n");
-        assert!(diff_file(" \n\t").is_empty());
     }
 }

@@ -157,7 +157,8 @@ pub struct Shell {
     pub workdir: String,
 }
 
-fn quote(s: &str) -> String {
+/// `s` as one single-quoted bash word.
+pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
