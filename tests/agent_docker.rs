@@ -194,6 +194,7 @@ async fn the_tools_work_in_a_real_container() {
         "goto",                                                         // 11: usage
         "cd /testbed && git status --short",                            // 12
         "I forgot the fence",                                           // 13 (sent inside a fence: a shell command)
+        "open data/\0first.py",                                         // 14: a NUL no path can hold
     ];
     let p = Script { cmds: cmds.iter().map(|c| c.to_string()).collect(), hook: None };
     let t = bounded(600, run_episode(&s.pool, &sc, &p, EpisodeSpec { task: &s.tasks[i], image: &s.images[i], sample: 0, seed: 1 })).await;
@@ -215,6 +216,10 @@ async fn the_tools_work_in_a_real_container() {
     assert!(o[12].contains("M unitconv/convert.py") && o[12].contains("?? unitconv/notes/"), "{}", o[12]);
     assert!(o[13].contains("command not found"), "{}", o[13]);
     assert_eq!(t.turns[11].tool.as_deref(), Some("usage_error"));
+    // the daemon would answer a NUL in a path with a server error: the policy's
+    // typo is its own usage error, not an environment failure
+    assert!(o[14].contains("NUL character"), "{}", o[14]);
+    assert_eq!(t.turns[14].tool.as_deref(), Some("usage_error"));
     let patch = t.patch.as_deref().unwrap();
     assert!(patch.contains("+KM_PER_MILE = 1.609344") && patch.contains("+    return c * 1.8 + 32") && patch.contains("+remember"), "{patch}");
     // the miles fix is in, so the task's tests pass despite the other changes

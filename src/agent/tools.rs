@@ -85,6 +85,12 @@ fn line_number(s: &str, tool: &str) -> Result<usize, String> {
 /// named a tool but did not follow its syntax).
 pub fn parse(cmd: &str) -> Result<Tool, String> {
     let cmd = cmd.trim_matches(|c| c == '\n' || c == '\r');
+    // No argument, file name or shell command can hold a NUL: the daemon
+    // answers such a path or exec with a server error, which would count a
+    // policy's typo as an environment failure (retried, never scored).
+    if cmd.contains('\0') {
+        return Err("the command contains a NUL character, which no file name or shell command can hold".into());
+    }
     let first_line = cmd.lines().next().unwrap_or("");
     let head = first_line.split_whitespace().next().unwrap_or("");
     if !TOOL_NAMES.contains(&head) {
@@ -545,6 +551,9 @@ mod tests {
         assert!(parse("replace onlyone").unwrap_err().contains("usage: replace"));
         assert!(parse("submit now").unwrap_err().contains("usage: submit"));
         assert!(parse("open a.py\nls").unwrap_err().contains("single line"));
+        for c in ["open data/\0first.py", "cat a\0b", "replace 'x\0' 'y'", "edit 1:1 <<EOF\n\0\nEOF"] {
+            assert!(parse(c).unwrap_err().contains("NUL character"), "{c:?}");
+        }
     }
 
     #[test]
