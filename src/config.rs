@@ -89,7 +89,9 @@ pub struct DapoSection {
     pub group_size: usize,
     /// Problems sampled per iteration.
     pub problems_per_iteration: usize,
-    /// Trajectories per optimizer step (the method's "batch").
+    /// Trajectories per optimizer step (the method's "batch"), at most: a
+    /// mini-batch holds whole groups, and only a group larger than it is cut
+    /// (`train::algorithms::group_mini_batches`).
     pub mini_batch: usize,
     /// Trajectories of a mini-batch are packed into micro-batches of at most
     /// this many tokens; gradients accumulate over them (a longer trajectory

@@ -249,6 +249,49 @@ fn at_rho_one_dapo_is_the_advantage_weighted_nll_and_tokens_weigh_one_over_n() {
     }
 }
 
+/// Why `appliance train` keeps a group in one mini-batch: two rollouts of
+/// one prompt that share 15 sampled tokens and differ in the last one, with
+/// the group's advantages +1 and −1. Trained together, the shared tokens'
+/// terms cancel and the gradient is that of the two last tokens alone. The
+/// solved rollout alone (the group split across two steps) puts a gradient
+/// on the shared prefix as large as the whole one.
+#[test]
+fn a_whole_group_puts_no_gradient_on_the_tokens_its_rollouts_share() {
+    let mut model = sharpened_model();
+    let rolls = rollouts(&mut model, &prompts()[..1], 16, 3);
+    let (ids, _) = rolls[0].clone();
+    let mut other = ids.clone();
+    let last = other.len() - 1;
+    other[last] = (other[last] + 1) % 512;
+    let seqs = vec![ids, other];
+    let re = recompute(&mut model, &seqs);
+    let sampled: Vec<bool> = rolls[0].1.iter().map(Option::is_some).collect();
+    let only_last: Vec<bool> = (0..sampled.len()).map(|i| i == last).collect();
+    let sample = |k: usize, mask: &[bool], a: f32| DapoSample { ids: seqs[k].clone(), mask: mask.to_vec(), old_logprob: re[k].clone(), advantage: a };
+    let grads = |model: &mut Model, samples: &[DapoSample]| {
+        let mut g = Weights::zeros(&model.cfg);
+        let s = dapo_loss_and_grads(model, samples, &CFG, &mut g).unwrap();
+        (g, s.tokens as f32)
+    };
+    let (whole, n_whole) = grads(&mut model, &[sample(0, &sampled, 1.0), sample(1, &sampled, -1.0)]);
+    let (divergent, n_div) = grads(&mut model, &[sample(0, &only_last, 1.0), sample(1, &only_last, -1.0)]);
+    let (split, _) = grads(&mut model, &[sample(0, &sampled, 1.0)]);
+    assert_eq!((n_whole, n_div), (32.0, 2.0));
+    let (mut diff, mut scale, mut split_max) = (0.0f32, 0.0f32, 0.0f32);
+    for ((w, d), s) in whole.tensors().iter().zip(divergent.tensors()).zip(split.tensors()) {
+        for ((x, y), z) in w.data.iter().zip(&d.data).zip(&s.data) {
+            // Token-level normalization: the whole group divides by 32
+            // tokens, the divergent pair by 2.
+            diff = diff.max((x - y * n_div / n_whole).abs());
+            scale = scale.max(x.abs());
+            split_max = split_max.max(z.abs());
+        }
+    }
+    eprintln!("max |grad|: whole group {scale:.3e}, its difference from the divergent tokens' {diff:.3e}, the solved rollout alone {split_max:.3e}");
+    assert!(scale > 0.0 && diff <= 1e-4 * scale, "the shared tokens left a gradient: {diff:e} of {scale:e}");
+    assert!(split_max > 2.0 * scale, "split, the shared prefix is trained: {split_max:e} vs {scale:e}");
+}
+
 /// One step with a positive advantage raises the log-prob of the sampled
 /// tokens; with a negative one, lowers it.
 #[test]

@@ -38,7 +38,7 @@ use crate::env::{micro, sandbox};
 use crate::model::chat::{ChatTemplate, Source};
 use crate::model::pretrained::{self, Pretrained};
 use crate::model::weights::Weights;
-use crate::train::algorithms::{dapo_step, prepare_samples};
+use crate::train::algorithms::{dapo_step, group_mini_batches, prepare_samples};
 use crate::train::optimizer::{cosine_lr, AdamW};
 use crate::train::rft::{self, RftConfig};
 use anyhow::{bail, ensure, Context, Result};
@@ -687,10 +687,11 @@ impl Run {
         let (trajs, totals) = self.rollout(self.policy.clone(), &tasks, &images, d.group_size as u32, seed, &format!("dapo-{k:04}"), false)?;
         curriculum::record(&mut self.progress.task_stats, &trajs);
 
-        // Advantages; zero-advantage samples dropped.
+        // Advantages; zero-advantage samples dropped; mini-batches of whole
+        // groups (see group_mini_batches for why).
         let prepared = prepare_samples(&trajs, d.delta)?;
-        let mut order: Vec<usize> = (0..prepared.samples.len()).collect();
-        order.shuffle(&mut rng);
+        let sample_groups: Vec<&str> = prepared.source.iter().map(|&i| trajs[i].instance_id.as_str()).collect();
+        let mini_batches = group_mini_batches(&sample_groups, d.mini_batch, &mut rng);
 
         // Train: one epoch of mini-batch steps.
         let t_train = Instant::now();
@@ -699,14 +700,14 @@ impl Run {
         }
         let mut grads = self.grads.take().unwrap_or_else(|| Weights::zeros(&self.pre.model.cfg));
         let mut opt = self.opt.take().expect("set above");
-        let n_steps = order.len().div_ceil(d.mini_batch) as u64;
+        let n_steps = mini_batches.len() as u64;
         let bar = if self.progress_bars { ProgressBar::new(n_steps) } else { ProgressBar::hidden() };
         bar.set_style(ProgressStyle::with_template("dapo steps [{bar:30}] {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
         let alg = d.algorithm();
         let mut steps = vec![];
         let mut packed_tokens = 0usize;
         let mut result = Ok(());
-        for chunk in order.chunks(d.mini_batch) {
+        for chunk in &mini_batches {
             let batch: Vec<_> = chunk.iter().map(|&i| prepared.samples[i].clone()).collect();
             let step = self.progress.dapo_steps;
             let o = &self.cfg.optim;

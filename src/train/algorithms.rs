@@ -113,6 +113,57 @@ pub fn keep_nonzero(advantages: &[f64]) -> Vec<usize> {
     (0..advantages.len()).filter(|&i| advantages[i] != 0.0).collect()
 }
 
+/// Split an iteration's samples into mini-batches of at most `mini_batch`,
+/// keeping each group (one task's rollouts, `groups[i]` for sample `i`)
+/// whole: the groups are visited in an order shuffled by `rng`, and a group
+/// that does not fit in the room left starts the next mini-batch. Only a group larger than `mini_batch` is cut, into
+/// `mini_batch`-sized pieces. Returns sample indices per mini-batch.
+///
+/// Why whole groups: the group advantages of a task sum to zero, so at
+/// ρ = 1 every token its rollouts share (the prompt-conditioned prefix
+/// before they diverge: the same `open`, the same path) gets exactly zero
+/// gradient when the whole group is in one step. Split across steps, the
+/// solved half pushes that prefix up in one step and the failed half pushes
+/// it down in another; AdamW's momentum does not undo the first push, so the
+/// shared decisions drift at random (verl also counts its PPO mini-batch in
+/// whole prompts).
+pub fn group_mini_batches<G: Eq + Hash>(groups: &[G], mini_batch: usize, rng: &mut impl rand::Rng) -> Vec<Vec<usize>> {
+    let mini_batch = mini_batch.max(1);
+    // Groups in order of first appearance (a HashMap's order is not
+    // seeded), then shuffled.
+    let mut slot: HashMap<&G, usize> = HashMap::new();
+    let mut members: Vec<Vec<usize>> = vec![];
+    for (i, g) in groups.iter().enumerate() {
+        let k = *slot.entry(g).or_insert_with(|| {
+            members.push(vec![]);
+            members.len() - 1
+        });
+        members[k].push(i);
+    }
+    rand::seq::SliceRandom::shuffle(members.as_mut_slice(), rng);
+    let mut out: Vec<Vec<usize>> = vec![];
+    let mut cur: Vec<usize> = vec![];
+    for m in members {
+        if cur.len() + m.len() > mini_batch && !cur.is_empty() {
+            out.push(std::mem::take(&mut cur));
+        }
+        if m.len() > mini_batch {
+            let mut pieces = m.chunks(mini_batch).map(<[usize]>::to_vec).collect::<Vec<_>>();
+            cur = pieces.pop().unwrap_or_default();
+            out.extend(pieces);
+        } else {
+            cur.extend(m);
+        }
+        if cur.len() == mini_batch {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
 // --------------------------------------------------------------------------
 // The DAPO loss
 // --------------------------------------------------------------------------
@@ -407,6 +458,70 @@ mod tests {
 
     fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol
+    }
+
+    /// Every sample lands in exactly one mini-batch of at most `mini_batch`,
+    /// every group in one mini-batch when it fits, the same seed gives the
+    /// same split, and the group order is shuffled.
+    #[test]
+    fn mini_batches_keep_groups_whole() {
+        use rand::SeedableRng;
+        // Five groups of 4, 4, 4, 3 and 2 samples, interleaved.
+        let groups = ["a", "b", "c", "a", "b", "d", "c", "a", "e", "b", "d", "c", "a", "d", "e", "b", "c"];
+        let mut orders = std::collections::HashSet::new();
+        for seed in 0..20u64 {
+            for mb in [4usize, 5, 8, 16, 17] {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                let batches = group_mini_batches(&groups, mb, &mut rng);
+                let mut seen: Vec<usize> = batches.concat();
+                seen.sort_unstable();
+                assert_eq!(seen, (0..groups.len()).collect::<Vec<_>>(), "mb {mb}: {batches:?}");
+                for b in &batches {
+                    assert!(!b.is_empty() && b.len() <= mb, "mb {mb}: {batches:?}");
+                }
+                for g in ["a", "b", "c", "d", "e"] {
+                    let holding = batches.iter().filter(|b| b.iter().any(|&i| groups[i] == g)).count();
+                    assert_eq!(holding, 1, "group {g} split at mb {mb}: {batches:?}");
+                }
+                // Greedy filling: a mini-batch is closed only when the next
+                // group does not fit.
+                for w in batches.windows(2) {
+                    let next = groups.iter().filter(|&&g| g == groups[w[1][0]]).count();
+                    assert!(w[0].len() + next > mb, "mb {mb}: {batches:?}");
+                }
+                let mut again = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                assert_eq!(group_mini_batches(&groups, mb, &mut again), batches);
+                if mb == 4 {
+                    orders.insert(batches.iter().map(|b| groups[b[0]]).collect::<String>());
+                }
+            }
+        }
+        assert!(orders.len() > 10, "the group order is not shuffled: {orders:?}");
+    }
+
+    /// A group larger than the mini-batch is cut into mini-batch-sized
+    /// pieces (mini_batch 1: one sample per step), and what is left of it
+    /// shares a mini-batch with the next group when that fits.
+    #[test]
+    fn groups_larger_than_the_mini_batch_are_cut() {
+        use rand::SeedableRng;
+        let groups = [0u8, 0, 0, 0, 0, 1, 1];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let one = group_mini_batches(&groups, 1, &mut rng);
+        assert_eq!(one.len(), 7);
+        assert!(one.iter().all(|b| b.len() == 1));
+        for seed in 0..8 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let b = group_mini_batches(&groups, 3, &mut rng);
+            let sizes: Vec<usize> = b.iter().map(Vec::len).collect();
+            // Group 0 first: [3] [2] then group 1's 2 do not fit beside the
+            // 2 → [3, 2, 2]. Group 1 first: [2] then 0's pieces [3], [2] →
+            // [2, 3, 2].
+            assert!(sizes == [3, 2, 2] || sizes == [2, 3, 2], "{b:?}");
+            assert!(b.iter().all(|m| m.iter().all(|&i| groups[i] == groups[m[0]])), "{b:?}");
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        assert!(group_mini_batches::<u8>(&[], 4, &mut rng).is_empty());
     }
 
     #[test]
