@@ -116,8 +116,9 @@ pub fn keep_nonzero(advantages: &[f64]) -> Vec<usize> {
 /// Split an iteration's samples into mini-batches of at most `mini_batch`,
 /// keeping each group (one task's rollouts, `groups[i]` for sample `i`)
 /// whole: the groups are visited in an order shuffled by `rng`, and a group
-/// that does not fit in the room left starts the next mini-batch. Only a group larger than `mini_batch` is cut, into
-/// `mini_batch`-sized pieces. Returns sample indices per mini-batch.
+/// that does not fit in the room left starts the next mini-batch. Only a
+/// group larger than `mini_batch` is cut, into `mini_batch`-sized pieces.
+/// Returns sample indices per mini-batch.
 ///
 /// Why whole groups: the group advantages of a task sum to zero, so at
 /// ρ = 1 every token its rollouts share (the prompt-conditioned prefix
@@ -125,8 +126,7 @@ pub fn keep_nonzero(advantages: &[f64]) -> Vec<usize> {
 /// gradient when the whole group is in one step. Split across steps, the
 /// solved half pushes that prefix up in one step and the failed half pushes
 /// it down in another; AdamW's momentum does not undo the first push, so the
-/// shared decisions drift at random (verl also counts its PPO mini-batch in
-/// whole prompts).
+/// shared decisions drift at random.
 pub fn group_mini_batches<G: Eq + Hash>(groups: &[G], mini_batch: usize, rng: &mut impl rand::Rng) -> Vec<Vec<usize>> {
     let mini_batch = mini_batch.max(1);
     // Groups in order of first appearance (a HashMap's order is not
