@@ -115,9 +115,10 @@ pub fn keep_nonzero(advantages: &[f64]) -> Vec<usize> {
 
 /// Split an iteration's samples into mini-batches of at most `mini_batch`,
 /// keeping each group (one task's rollouts, `groups[i]` for sample `i`)
-/// whole: the groups are visited in an order shuffled by `rng`, and a group
-/// that does not fit in the room left starts the next mini-batch. Only a
-/// group larger than `mini_batch` is cut, into `mini_batch`-sized pieces.
+/// whole: the groups are visited in a random order (that of their first
+/// members in the samples shuffled by `rng`), and a group that does not fit
+/// in the room left starts the next mini-batch. Only a group larger than
+/// `mini_batch` is cut, into `mini_batch`-sized pieces.
 /// Returns sample indices per mini-batch.
 ///
 /// Why whole groups: the group advantages of a task sum to zero, so at
@@ -129,18 +130,23 @@ pub fn keep_nonzero(advantages: &[f64]) -> Vec<usize> {
 /// shared decisions drift at random.
 pub fn group_mini_batches<G: Eq + Hash>(groups: &[G], mini_batch: usize, rng: &mut impl rand::Rng) -> Vec<Vec<usize>> {
     let mini_batch = mini_batch.max(1);
-    // Groups in order of first appearance (a HashMap's order is not
-    // seeded), then shuffled.
+    // The samples are shuffled, and the groups taken in the order in which
+    // their first member comes (a HashMap's order is not seeded); members
+    // keep their own order.
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    rand::seq::SliceRandom::shuffle(order.as_mut_slice(), rng);
     let mut slot: HashMap<&G, usize> = HashMap::new();
     let mut members: Vec<Vec<usize>> = vec![];
-    for (i, g) in groups.iter().enumerate() {
-        let k = *slot.entry(g).or_insert_with(|| {
+    for &i in &order {
+        let k = *slot.entry(&groups[i]).or_insert_with(|| {
             members.push(vec![]);
             members.len() - 1
         });
         members[k].push(i);
     }
-    rand::seq::SliceRandom::shuffle(members.as_mut_slice(), rng);
+    for m in &mut members {
+        m.sort_unstable();
+    }
     let mut out: Vec<Vec<usize>> = vec![];
     let mut cur: Vec<usize> = vec![];
     for m in members {
