@@ -149,9 +149,9 @@ fn a_killed_run_resumes_to_the_same_records_as_an_uninterrupted_one() {
     let killed = dir.path().join("killed");
     let mut child = bin().args(["--config", cfg, "train", "--quiet", "--out", killed.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let t0 = Instant::now();
+    let at = format!("\"iteration\":{kill_in},");
     loop {
         let text = std::fs::read_to_string(killed.join("metrics.jsonl")).unwrap_or_default();
-        let at = format!("\"iteration\":{kill_in},");
         if text.lines().any(|l| l.contains("\"dapo_step\"") && l.contains(&at)) {
             break;
         }

@@ -149,17 +149,12 @@ pub fn group_mini_batches<G: Eq + Hash>(groups: &[G], mini_batch: usize, rng: &m
     }
     let mut out: Vec<Vec<usize>> = vec![];
     let mut cur: Vec<usize> = vec![];
-    for m in members {
-        if cur.len() + m.len() > mini_batch && !cur.is_empty() {
+    // A group that fits is one piece; a larger one, mini-batch-sized pieces.
+    for piece in members.iter().flat_map(|m| m.chunks(mini_batch)) {
+        if cur.len() + piece.len() > mini_batch && !cur.is_empty() {
             out.push(std::mem::take(&mut cur));
         }
-        if m.len() > mini_batch {
-            let mut pieces = m.chunks(mini_batch).map(<[usize]>::to_vec).collect::<Vec<_>>();
-            cur = pieces.pop().unwrap_or_default();
-            out.extend(pieces);
-        } else {
-            cur.extend(m);
-        }
+        cur.extend_from_slice(piece);
         if cur.len() == mini_batch {
             out.push(std::mem::take(&mut cur));
         }
