@@ -3,6 +3,9 @@
 //! - `ptx [--check]`: compile every cuda/*.cu to ptx/<name>.ptx through NVRTC
 //!   (cudarc's bindings), for compute_80; `--check` compiles in memory and
 //!   fails if any committed file differs (CI's freshness check).
+//! - `ptx --source FILE --out FILE [--define NAME=VAL]...`: compile one .cu
+//!   file with preprocessor macros to a chosen output (variant builds for
+//!   tile sweeps); ptx/ is left alone.
 //! - `ptxas [--budget-spill-bytes N]`: run ptxas -v on every ptx/*.ptx for
 //!   sm_80 and sm_90 and fail on register spills beyond the budget.
 //!
@@ -69,8 +72,10 @@ fn sources(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-fn compile(src: &Path, root: &Path, nvidia: &Path) -> Result<String> {
+fn compile(src: &Path, root: &Path, nvidia: &Path, defines: &[String]) -> Result<String> {
     let text = std::fs::read_to_string(src).with_context(|| format!("reading {}", src.display()))?;
+    let mut options = vec!["--std=c++17".to_string(), "-default-device".to_string()];
+    options.extend(defines.iter().map(|d| format!("-D{d}")));
     let opts = CompileOptions {
         arch: Some(ARCH),
         include_paths: vec![
@@ -78,7 +83,7 @@ fn compile(src: &Path, root: &Path, nvidia: &Path) -> Result<String> {
             nvidia.join("cuda_runtime/include").display().to_string(),
             nvidia.join("cuda_cccl/include").display().to_string(),
         ],
-        options: vec!["--std=c++17".into(), "-default-device".into()],
+        options,
         name: src.file_name().map(|n| n.to_string_lossy().to_string()),
         ..Default::default()
     };
@@ -101,10 +106,34 @@ fn task_ptx(args: &[String]) -> Result<()> {
     }
     let check = args.iter().any(|a| a == "--check");
     let root = repo_root();
+    let value_of = |flag: &str| args.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone());
+    let defines: Vec<String> = args.windows(2).filter(|w| w[0] == "--define").map(|w| w[1].clone()).collect();
+    for d in &defines {
+        let name = d.split('=').next().unwrap_or("");
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            bail!("--define takes NAME or NAME=VALUE, got {d:?}");
+        }
+    }
+    match (value_of("--source"), value_of("--out")) {
+        (Some(src), Some(out)) => {
+            if check {
+                bail!("--check verifies ptx/ against cuda/; it does not combine with --source/--out");
+            }
+            let ptx = compile(Path::new(&src), &root, &nvidia, &defines)?;
+            let out = PathBuf::from(out);
+            let tmp = out.with_extension("ptx.tmp");
+            std::fs::write(&tmp, &ptx).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, &out)?;
+            println!("{src} {} -> {} ({} lines)", defines.join(" "), out.display(), ptx.lines().count());
+            return Ok(());
+        }
+        (None, None) if defines.is_empty() => {}
+        _ => bail!("--source FILE and --out FILE go together (and --define only with them): variants never overwrite ptx/"),
+    }
     let mut stale = vec![];
     for src in sources(&root)? {
         let stem = src.file_stem().unwrap().to_string_lossy().to_string();
-        let ptx = compile(&src, &root, &nvidia)?;
+        let ptx = compile(&src, &root, &nvidia, &[])?;
         let out = root.join("ptx").join(format!("{stem}.ptx"));
         if check {
             let committed = std::fs::read_to_string(&out).unwrap_or_default();
@@ -196,6 +225,6 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ptx") => task_ptx(&args[1..]),
         Some("ptxas") => task_ptxas(&args[1..]),
-        _ => bail!("usage: cargo run -p xtask -- ptx [--check] [--nvidia DIR] | ptxas [--budget-spill-bytes N] [--nvidia DIR]"),
+        _ => bail!("usage: cargo run -p xtask -- ptx [--check] [--nvidia DIR] | ptx --source FILE --out FILE [--define NAME=VAL]... | ptxas [--budget-spill-bytes N] [--nvidia DIR]"),
     }
 }
