@@ -17,6 +17,9 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::sync::Arc;
 
+/// Dynamic shared memory a launch gets without raising the function's limit.
+const DEFAULT_DYNAMIC_SHARED: u32 = 48 * 1024;
+
 /// True when a CUDA driver is present and reports at least one GPU.
 pub fn available() -> bool {
     device_count().map(|n| n > 0).unwrap_or(false)
@@ -38,6 +41,9 @@ pub struct CudaDevice {
     stream: Arc<CudaStream>,
     _modules: Vec<Arc<CudaModule>>,
     functions: HashMap<&'static str, CudaFunction>,
+    /// Per function, the dynamic shared memory its max-dynamic-shared-size
+    /// attribute has been raised to (only launches above 48 KiB need it).
+    dynamic_shared_limit: HashMap<&'static str, u32>,
     allocations: HashSet<u64>,
     blas: Option<cudarc::cublas::CudaBlas>,
     name: String,
@@ -74,7 +80,7 @@ impl CudaDevice {
         } else {
             None
         };
-        Ok(CudaDevice { ctx, stream, _modules: modules, functions, allocations: HashSet::new(), blas, name })
+        Ok(CudaDevice { ctx, stream, _modules: modules, functions, dynamic_shared_limit: HashMap::new(), allocations: HashSet::new(), blas, name })
     }
 
     fn bind(&self) -> Result<()> {
@@ -140,7 +146,15 @@ impl Device for CudaDevice {
 
     fn launch(&mut self, function: &str, cfg: LaunchConfig, args: &[KernelArg]) -> Result<()> {
         self.bind()?;
-        let f = self.functions.get(function).ok_or_else(|| anyhow!("no kernel named {function} in the embedded PTX"))?;
+        let (&name, f) = self.functions.get_key_value(function).ok_or_else(|| anyhow!("no kernel named {function} in the embedded PTX"))?;
+        // Above 48 KiB, dynamic shared memory must be opted into per function
+        // (cuFuncSetAttribute), once per function and size reached.
+        if cfg.shared_bytes > DEFAULT_DYNAMIC_SHARED && self.dynamic_shared_limit.get(name).is_none_or(|&b| b < cfg.shared_bytes) {
+            let bytes = i32::try_from(cfg.shared_bytes).map_err(|_| anyhow!("launching {function}: {} bytes of shared memory", cfg.shared_bytes))?;
+            f.set_attribute(sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes)
+                .map_err(|e| anyhow!("allowing {function} {bytes} bytes of dynamic shared memory on {}: {e:?}", self.name))?;
+            self.dynamic_shared_limit.insert(name, cfg.shared_bytes);
+        }
         // Each parameter's bytes live in `storage`; cuLaunchKernel reads them
         // through `params` during the call.
         let mut storage: Vec<[u8; 8]> = args
