@@ -4,8 +4,8 @@
 //! GPU timing helper, and their cases of the kernel suite.
 //!
 //! Owns: shape validation, launch geometry (which must agree with the tile
-//! sizes in the .cu: `TILE_ROWS` query rows and `THREADS` threads per CTA) and
-//! the kernels' exact argument lists. Does not own the math (the kernels, with
+//! configuration in the .cu, `fa::Cfg<HD>`: see `FwdTiles`) and the kernels'
+//! exact argument lists. Does not own the math (the kernels, with
 //! `cpu::attention::attention_fwd` and `cpu::attention_block::
 //! attention_block_fwd` as references), device memory, or the merge of ring
 //! partials (fp32 (out, lse) pairs; a row with no visible key is O = 0,
@@ -24,9 +24,49 @@ use anyhow::{bail, ensure, Context, Result};
 use half::bf16;
 use std::time::Instant;
 
-/// Query rows per CTA (16 per warp × 4 warps) for both head dims; must match `fa::Cfg` in the .cu.
-pub const TILE_ROWS: usize = 64;
-const THREADS: u32 = 128;
+/// The forward kernels' tile configuration for one head dim, as compiled
+/// into the PTX by default (`fa::Cfg<HD>` in cuda/flash_attn_fwd.cu): `warps`
+/// warps per CTA, each owning `row_groups` groups of 16 query rows, and key
+/// tiles of `key_tile` rows. The launch geometry follows from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FwdTiles {
+    pub head_dim: usize,
+    pub warps: usize,
+    pub row_groups: usize,
+    pub key_tile: usize,
+}
+
+impl FwdTiles {
+    /// Query rows per CTA.
+    pub const fn rows(&self) -> usize {
+        16 * self.warps * self.row_groups
+    }
+    pub const fn threads(&self) -> u32 {
+        32 * self.warps as u32
+    }
+    /// Dynamic shared memory per CTA: the Q tile plus one K and one V tile, bf16.
+    pub const fn shared_bytes(&self) -> u32 {
+        ((self.rows() + 2 * self.key_tile) * self.head_dim * 2) as u32
+    }
+    fn launch(&self, grid: (u32, u32, u32)) -> LaunchConfig {
+        LaunchConfig { grid, block: (self.threads(), 1, 1), shared_bytes: self.shared_bytes() }
+    }
+}
+
+/// hd64: 4 warps × 2 row groups = 128 query rows, 64-key tiles (32 KiB of shared memory).
+pub const HD64_TILES: FwdTiles = FwdTiles { head_dim: 64, warps: 4, row_groups: 2, key_tile: 64 };
+/// hd128: 4 warps × 2 row groups = 128 query rows, 32-key tiles (48 KiB of shared
+/// memory): with 64-key tiles ptxas spills at 255 registers.
+pub const HD128_TILES: FwdTiles = FwdTiles { head_dim: 128, warps: 4, row_groups: 2, key_tile: 32 };
+
+/// The forward kernels' tiles for a head dim `check_shape` accepted.
+pub fn fwd_tiles(head_dim: usize) -> Result<FwdTiles> {
+    match head_dim {
+        64 => Ok(HD64_TILES),
+        128 => Ok(HD128_TILES),
+        d => bail!("flash-attention forward: no tile configuration for head_dim {d}"),
+    }
+}
 
 /// The attention shape every attention kernel supports (head dims 64 and
 /// 128, query heads a positive multiple of kv heads, heads within a grid
@@ -83,7 +123,8 @@ pub fn flash_attn_fwd(
         return Ok(());
     }
     let f = format!("flash_attn_fwd_hd{hd}");
-    let cfg = LaunchConfig { grid: (max_seqlen.div_ceil(TILE_ROWS) as u32, s.heads as u32, batch as u32), block: (THREADS, 1, 1), shared_bytes: 0 };
+    let tiles = fwd_tiles(s.head_dim)?;
+    let cfg = tiles.launch((max_seqlen.div_ceil(tiles.rows()) as u32, s.heads as u32, batch as u32));
     dev.launch(
         &f,
         cfg,
@@ -122,7 +163,8 @@ pub fn attn_block_fwd(
     // same visibility and fits i32 whatever the positions.
     let diag = (q_pos0 as i128 - k_pos0 as i128).clamp(-(lq as i128) - 1, lk as i128 + 1) as i32;
     let f = format!("attn_block_fwd_hd{hd}");
-    let cfg = LaunchConfig { grid: (lq.div_ceil(TILE_ROWS) as u32, s.heads as u32, 1), block: (THREADS, 1, 1), shared_bytes: 0 };
+    let tiles = fwd_tiles(s.head_dim)?;
+    let cfg = tiles.launch((lq.div_ceil(tiles.rows()) as u32, s.heads as u32, 1));
     dev.launch(
         &f,
         cfg,
@@ -270,12 +312,15 @@ fn shape_str(s: AttnShape) -> String {
 pub(super) fn cases(quick: bool) -> Vec<Case<'static>> {
     let sh = |heads, kv_heads, head_dim| AttnShape { heads, kv_heads, head_dim };
     let mut v = vec![];
-    // Packed: uneven lengths that are not tile multiples, GQA 1, 2 and 7, both head dims.
+    // Packed: uneven lengths that are not tile multiples (one short of, one
+    // past and between the 128-row query tiles), GQA 1, 2 and 7, both head dims.
     let mut packed: Vec<(Vec<usize>, AttnShape)> = vec![
         (vec![1, 37, 70], sh(4, 2, 64)),
         (vec![130], sh(2, 2, 64)),
+        (vec![129, 127, 200], sh(7, 1, 64)),
         (vec![1, 37, 70], sh(7, 1, 128)),
         (vec![130], sh(2, 2, 128)),
+        (vec![127, 1, 200, 129], sh(4, 2, 128)),
     ];
     if !quick {
         packed.extend([
@@ -305,6 +350,10 @@ pub(super) fn cases(quick: bool) -> Vec<Case<'static>> {
         (blk(70, 45, 0, 0, true), sh(7, 1, 128)),
         (blk(70, 45, 10, 40, true), sh(4, 2, 128)),
         (blk(33, 130, 200, 0, false), sh(2, 2, 128)),
+        // Blocks longer than one 128-row query tile, with a diagonal offset
+        // either way (q_pos0 < k_pos0 leaves the first rows empty).
+        (blk(200, 150, 60, 20, true), sh(2, 2, 128)),
+        (blk(129, 200, 0, 40, true), sh(4, 2, 64)),
     ];
     if !quick {
         blocks.extend([
@@ -334,6 +383,21 @@ mod tests {
         let s = AttnShape { heads: 2, kv_heads: 1, head_dim: 64 };
         assert_eq!(attn_fwd_flops(&[10, 20], s), 2.0 * (100.0 + 400.0) * 64.0 * 2.0);
         assert_eq!(cu_seqlens(&[3, 0, 5]), vec![0, 3, 3, 8]);
+    }
+
+    // The launch geometry follows the .cu's compiled-in tile defaults.
+    #[test]
+    fn tiles_match_the_kernel_defaults() {
+        let cu = include_str!("../../../cuda/flash_attn_fwd.cu");
+        for t in [HD64_TILES, HD128_TILES] {
+            for (name, v) in [("WARPS", t.warps), ("RG", t.row_groups), ("BC", t.key_tile)] {
+                let line = format!("#define FA_HD{}_{name} {v}", t.head_dim);
+                assert!(cu.lines().any(|l| l.trim() == line), "`{line}` is not in cuda/flash_attn_fwd.cu");
+            }
+        }
+        assert_eq!((HD128_TILES.rows(), HD128_TILES.threads(), HD128_TILES.shared_bytes()), (128, 128, 48 * 1024));
+        assert_eq!(fwd_tiles(64).unwrap(), HD64_TILES);
+        assert!(fwd_tiles(96).is_err());
     }
 
     #[test]
