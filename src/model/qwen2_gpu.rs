@@ -433,8 +433,10 @@ impl GpuModel {
             dvp,
             dout_b: a(cap * heads * hdp * BF16)?,
             ws_attn: a(flash_attn_bwd_workspace_bytes(cap, shape))?,
-            ws_lp_fwd: a(lp_kernels::fwd_workspace_bytes(cap, v))?,
-            ws_lp_bwd: a(lp_kernels::bwd_workspace_bytes(cap, h, v).max(8))?,
+            // Sized for every batch up to the capacity: the kernels split
+            // the vocabulary more finely for fewer rows.
+            ws_lp_fwd: a(lp_kernels::fwd_workspace_bytes_upto(cap, v))?,
+            ws_lp_bwd: a(lp_kernels::bwd_workspace_bytes_upto(cap, h, v).max(8))?,
             all: vec![],
         };
         b.all = all;

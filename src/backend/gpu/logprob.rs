@@ -98,6 +98,20 @@ pub fn fwd_workspace_bytes(n: usize, vocab: usize) -> usize {
     fwd_splits(n, vocab) * n * 16
 }
 
+/// Workspace bytes that serve [`logprob_entropy_fwd`] at every `n <= cap`:
+/// the splits grow as the rows shrink, so a workspace sized for `cap` rows
+/// can be too small for fewer (a caller that allocates once for a capacity
+/// must use this). The splits depend on `n` only through its row tiles, so
+/// the largest `n` of each tile count is the one to check.
+pub fn fwd_workspace_bytes_upto(cap: usize, vocab: usize) -> usize {
+    (1..=cap.div_ceil(ROW_TILE)).map(|r| fwd_workspace_bytes((r * ROW_TILE).min(cap), vocab)).max().unwrap_or(0)
+}
+
+/// [`bwd_workspace_bytes`] for every `n <= cap`; see [`fwd_workspace_bytes_upto`].
+pub fn bwd_workspace_bytes_upto(cap: usize, d: usize, vocab: usize) -> usize {
+    (1..=cap.div_ceil(ROW_TILE)).map(|r| bwd_workspace_bytes((r * ROW_TILE).min(cap), d, vocab)).max().unwrap_or(0)
+}
+
 /// Device memory the fused loss needs beyond its inputs and the gradients:
 /// the three per-token outputs and one workspace shared by the forward and
 /// the backward (never live together).
@@ -555,6 +569,47 @@ mod tests {
 
     /// The checks can fail: a wrong target (shifted by one) or a wrong
     /// reference row is far outside the forward's tolerance.
+    #[test]
+    fn capacity_workspaces_serve_every_smaller_batch() {
+        // The splits grow as the rows shrink: a workspace sized for the
+        // capacity alone is too small for some smaller batch (the GPU
+        // model's first sizing, which overflowed at 2243 of 4096 rows).
+        let (cap, d, vocab) = (4096, 128, 512);
+        assert!(fwd_workspace_bytes(2243, vocab) > fwd_workspace_bytes(cap, vocab));
+        for (cap, d, vocab) in [(cap, d, vocab), (1, 64, 100), (1000, 896, 151_936), (16384, 3584, 152_064)] {
+            let (f, b) = (fwd_workspace_bytes_upto(cap, vocab), bwd_workspace_bytes_upto(cap, d, vocab));
+            for n in 1..=cap {
+                assert!(fwd_workspace_bytes(n, vocab) <= f && bwd_workspace_bytes(n, d, vocab) <= b, "cap {cap} n {n} vocab {vocab}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_capacity_workspace_runs_a_smaller_batch_on_the_simulated_device() {
+        // The simulated device faults on any access past an allocation, so
+        // this fails with the workspace of `fwd_workspace_bytes(cap, ..)`.
+        let mut dev = SimDevice::new().unwrap();
+        let (cap, n, d, vocab) = (4096, 2243, 16, 512);
+        let hidden = random_vec(n * d, 1);
+        let w: Vec<f32> = random_vec(vocab * d, 2).iter().map(|x| x * 0.5).collect();
+        let targets: Vec<u32> = (0..n as u32).map(|i| (i * 7919) % vocab as u32).collect();
+        let hb: Vec<u8> = hidden.iter().flat_map(|&x| bf16::from_f32(x).to_bits().to_le_bytes()).collect();
+        let wb: Vec<u8> = w.iter().flat_map(|&x| bf16::from_f32(x).to_bits().to_le_bytes()).collect();
+        let (h_dev, w_dev) = (dev.alloc(hb.len()).unwrap(), dev.alloc(wb.len()).unwrap());
+        dev.copy_h2d(h_dev, &hb).unwrap();
+        dev.copy_h2d(w_dev, &wb).unwrap();
+        let t_dev = dev.alloc(n * 4).unwrap();
+        dev.copy_h2d(t_dev, &targets.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        let out = LogprobOut { logprob: dev.zeros(n * 4).unwrap(), entropy: dev.zeros(n * 4).unwrap(), lse: dev.zeros(n * 4).unwrap() };
+        let ws = dev.zeros(fwd_workspace_bytes_upto(cap, vocab)).unwrap();
+        logprob_entropy_fwd(&mut dev, &out, h_dev, w_dev, t_dev, n, d, vocab, ws).unwrap();
+        let got = dev.download_f32(out.logprob, n).unwrap();
+        let round = |v: &[f32]| v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect::<Vec<f32>>();
+        let want = crate::backend::cpu::logprob::logprob_entropy_fwd(&round(&hidden), &round(&w), &targets, d, vocab, vocab);
+        let err = got.iter().zip(&want.logprob).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err < 1e-3, "max |log-prob error| {err}");
+    }
+
     #[test]
     fn the_forward_check_detects_a_wrong_answer() {
         let mut dev = SimDevice::new().unwrap();
