@@ -474,9 +474,9 @@ fn the_dapo_config_section_is_validated_with_the_file_and_keys() {
 
 /// The trainer's path on the GPU model backend (here the simulated device):
 /// two DAPO steps of three micro-batches each (gradients accumulated on the
-/// device, the global-norm clip and AdamW there, the weights pulled back to
-/// the host, m and v synced for a checkpoint) take the CPU's steps to bf16
-/// rounding.
+/// device, the global-norm clip and AdamW there, the weights left on the
+/// device between steps and pulled back once at the end, m and v synced for
+/// a checkpoint) take the CPU's steps to bf16 rounding.
 #[test]
 fn dapo_steps_on_the_simulated_device_follow_the_cpu() {
     let mut base = sharpened_model();
@@ -490,6 +490,19 @@ fn dapo_steps_on_the_simulated_device_follow_the_cpu() {
         let mut opt = AdamW::new(OptimConfig { lr: 1e-4, ..Default::default() }, &m.cfg);
         let mut g = Weights::zeros(&m.cfg);
         let steps: Vec<_> = (0..2).map(|_| dapo_step(&mut m, &mut opt, &mut g, &samples, &CFG, 1e-4, 1).unwrap()).collect();
+        if device {
+            // The steps stayed on the device: the host copy is the starting
+            // point until it is synced, and saving it is refused meanwhile.
+            assert!(!m.host_weights_current());
+            assert_eq!(m.weights, base.weights);
+            let p = appliance::model::pretrained::Pretrained { model: m.clone(), tokenizer: appliance::model::tokenizer::Tokenizer::tiny().unwrap(), origin: "test".into() };
+            let dir = tempfile::tempdir().unwrap();
+            let e = appliance::model::pretrained::save(&p, &dir.path().join("model")).unwrap_err();
+            assert!(!dir.path().join("model").exists(), "nothing is written");
+            assert!(e.to_string().contains("sync_host_weights"), "{e}");
+            m.sync_host_weights().unwrap();
+            assert!(m.host_weights_current());
+        }
         // With the GPU backend, AdamW's m and v live on the device until synced.
         appliance::train::optimizer::sync_optimizer(&m, &mut opt).unwrap();
         (m, opt, steps)

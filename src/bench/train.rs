@@ -245,10 +245,19 @@ pub fn gpu_shapes() -> Vec<Shape> {
 }
 
 /// The DAPO step with the trainer on GPU 0 (the GPU model backend: device
-/// forward, fused log-probs, backward, clip and AdamW; the weights pulled
-/// back to the host after each step):
+/// forward, fused log-probs, backward, clip and AdamW; the weights stay on
+/// the device between steps, as in a DAPO iteration):
 /// - `{label}: DAPO step, GPU` — tokens/s;
+/// - `{label}: share optimizer, GPU` — percent of the step in zeroing the
+///   gradients, the clip and AdamW (the rest is forward, loss and backward);
 /// - `{label}: forward only, GPU` — tokens/s of forward + log-probs;
+/// - `{label}: weights to host, GPU` — ms to bring the host copy up to date
+///   (`Model::sync_host_weights`: once per unit of work, before the engine
+///   push or a checkpoint, not per step);
+/// - `{label}: DAPO step + weights to host, GPU` — tokens/s when the host
+///   copy is synced after every step (what the backend did before the
+///   weights stayed on the device), and `{label}: weights kept on device /
+///   synced every step` the ratio, both in this process;
 /// - `{label}: GPU / CPU step` — the speed-up over `cpu_step` (tokens/s
 ///   of the CPU step in this process), when given.
 pub fn run_shape_gpu(shape: &Shape, repeats: usize, cpu_step: Option<f64>) -> Result<Vec<Row>> {
@@ -256,11 +265,25 @@ pub fn run_shape_gpu(shape: &Shape, repeats: usize, cpu_step: Option<f64>) -> Re
     let label = &shape.label;
     let Rig { mut model, mut opt, mut grads, dapo, data, tokens, lr } = Rig::new(shape);
     crate::model::qwen2_gpu::attach_cuda(&mut model, 0)?;
+    let mut times: Vec<StepTimes> = vec![];
     let step = measure(SUITE, &format!("{label}: DAPO step, GPU"), "tokens/s", repeats, true, true, || {
-        let (loss, _) = timed_dapo_step(&mut model, &mut opt, &mut grads, &data, &dapo, lr)?;
+        let (loss, t) = timed_dapo_step(&mut model, &mut opt, &mut grads, &data, &dapo, lr)?;
         ensure!(loss.is_finite(), "the DAPO loss is {loss}");
+        times.push(t);
         Ok(tokens)
     })?;
+    let mut opt_frac: Vec<f64> = times[1..].iter().map(|t| t.optimizer.as_secs_f64() / (t.optimizer + t.forward_backward).as_secs_f64().max(1e-12)).collect();
+    let opt_share = derived(format!("{label}: share optimizer, GPU"), super::median(&mut opt_frac) * 100.0, "%", step.repeats);
+    let t = Instant::now();
+    model.sync_host_weights()?;
+    let to_host = derived(format!("{label}: weights to host, GPU"), t.elapsed().as_secs_f64() * 1e3, "ms", 1);
+    let synced = measure(SUITE, &format!("{label}: DAPO step + weights to host, GPU"), "tokens/s", repeats, true, true, || {
+        let (loss, _) = timed_dapo_step(&mut model, &mut opt, &mut grads, &data, &dapo, lr)?;
+        ensure!(loss.is_finite(), "the DAPO loss is {loss}");
+        model.sync_host_weights()?;
+        Ok(tokens)
+    })?;
+    let kept = derived(format!("{label}: weights kept on device / synced every step"), step.median / synced.median, "x", step.repeats);
     let seqs: Vec<&[u32]> = data.iter().map(|s| s.ids.as_slice()).collect();
     let batch = Batch::from_sequences(&seqs);
     let (targets, _) = batch.next_token_targets();
@@ -271,7 +294,7 @@ pub fn run_shape_gpu(shape: &Shape, repeats: usize, cpu_step: Option<f64>) -> Re
     })?;
     let n = step.repeats;
     let ratio = cpu_step.map(|c| derived(format!("{label}: GPU / CPU step"), step.median / c, "x", n));
-    let mut rows = vec![step, forward];
+    let mut rows = vec![step, opt_share, forward, to_host, synced, kept];
     rows.extend(ratio);
     Ok(rows)
 }

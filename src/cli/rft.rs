@@ -47,11 +47,19 @@ pub fn run(config: &Config, a: Args) -> Result<()> {
     let total = (examples.len().div_ceil(cfg.batch) * cfg.epochs as usize) as u64;
     let bar = ProgressBar::new(total);
     bar.set_style(ProgressStyle::with_template("rft [{bar:30}] {pos}/{len} steps {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    // Without a terminal (logs, CI, `docker run` without -t) the bar is
+    // hidden: one line per step instead.
+    let lines = !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let steps = rft::train(&mut p.model, &mut opt, &examples, cfg, |s| {
-        bar.set_message(format!("loss {:.4}, grad norm {:.3}, lr {:.2e}, {} tokens", s.loss, s.grad_norm, s.lr, s.trained_tokens));
+        let msg = format!("loss {:.4}, grad norm {:.3}, lr {:.2e}, {} tokens", s.loss, s.grad_norm, s.lr, s.trained_tokens);
+        if lines {
+            eprintln!("rft step {}/{total}: {msg}", s.step + 1);
+        }
+        bar.set_message(msg);
         bar.inc(1);
     })?;
     bar.finish_and_clear();
+    p.model.sync_host_weights()?;
     pretrained::save(&p, &a.out)?;
     let (first, last) = (steps.first().map(|s| s.loss).unwrap_or(f64::NAN), steps.last().map(|s| s.loss).unwrap_or(f64::NAN));
     println!("{} steps on {} trajectories: loss {first:.4} -> {last:.4}; wrote {}", steps.len(), examples.len(), a.out.display());

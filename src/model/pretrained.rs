@@ -67,7 +67,10 @@ fn load_weights(dir: &Path, cfg: ModelConfig) -> Result<Model> {
 /// Write a model directory that Hugging Face transformers, vLLM and
 /// `load` read back: config.json, model*.safetensors (f32) and
 /// tokenizer.json. Every file is written to a temporary name, then renamed.
+/// With a training device, call `Model::sync_host_weights` first: saving
+/// host weights that lag the device's is refused.
 pub fn save(p: &Pretrained, dir: &Path) -> Result<()> {
+    anyhow::ensure!(p.model.host_weights_current(), "saving {}: the host weights lag the training device's (call Model::sync_host_weights first)", dir.display());
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let cfg_json = serde_json::to_string_pretty(&p.model.cfg.raw)?;
     write_atomic(&dir.join("config.json"), cfg_json.as_bytes())?;

@@ -46,14 +46,21 @@ pub struct Model {
     /// its tokenizer sets it to the tokenizer's size.
     pub output_vocab: usize,
     /// Where the training path (`forward_logprobs`, `backward_into`) runs:
-    /// `None` on this CPU model, or a GPU model backend. The host `weights`
-    /// are what the engine and checkpoints read: a device optimizer step
-    /// pulls them back (`pull_weights_from_device`), and weights changed on
-    /// the host (`update_weights`) are uploaded before the next device
-    /// forward. Generation always runs on the CPU.
+    /// `None` on this CPU model, or a GPU model backend. After a device
+    /// optimizer step the device's fp32 masters are ahead of the host
+    /// `weights` (`device_stepped`), and they stay there until something
+    /// reads the host copy: the engine push and checkpoints call
+    /// `sync_host_weights` first, which downloads them once however many
+    /// steps were taken. Weights changed on the host (`update_weights`) are
+    /// uploaded before the next device forward. Generation always runs on
+    /// the CPU.
     pub train_device: Option<TrainDevice>,
-    /// Bumped by `update_weights`; what the training device last uploaded.
+    /// Bumped by every change of the weights (`update_weights`, a device
+    /// step); the training device records which version it holds.
     weights_version: u64,
+    /// The host `weights` lag the training device's (a device optimizer
+    /// step happened since the last `sync_host_weights`).
+    host_behind: bool,
 }
 
 /// A handle on the GPU model backend that runs a model's training path.
@@ -184,7 +191,7 @@ impl Model {
         // The table grows on demand; start with a modest window.
         let rope = RopeTable::new(inv, af, cfg.max_position_embeddings.min(4096));
         let output_vocab = cfg.vocab_size;
-        Model { cfg, weights, rope, vocab_chunk: DEFAULT_VOCAB_CHUNK, recompute: false, output_vocab, train_device: None, weights_version: 0 }
+        Model { cfg, weights, rope, vocab_chunk: DEFAULT_VOCAB_CHUNK, recompute: false, output_vocab, train_device: None, weights_version: 0, host_behind: false }
     }
 
     fn attn_shape(&self) -> AttnShape {
@@ -334,10 +341,13 @@ impl Model {
 
     /// Change the weights through `f` (an optimizer update) and mark them
     /// changed, so an attached training device uploads them again. Change
-    /// `weights` only through this while a training device is attached.
-    pub fn update_weights(&mut self, f: impl FnOnce(&mut Weights)) {
+    /// `weights` only through this while a training device is attached; the
+    /// host copy is brought up to date first if the device is ahead.
+    pub fn update_weights(&mut self, f: impl FnOnce(&mut Weights)) -> Result<()> {
+        self.sync_host_weights()?;
         f(&mut self.weights);
         self.weights_version += 1;
+        Ok(())
     }
 
     /// See [`Model::update_weights`].
@@ -395,15 +405,37 @@ impl Model {
         }
     }
 
-    /// After an optimizer step on the training device: its fp32 master
-    /// weights become the host `weights` (which the engine and checkpoints
-    /// read), and the device is marked as holding them.
-    pub fn pull_weights_from_device(&mut self) -> Result<()> {
+    /// After an optimizer step on the training device: the device's fp32
+    /// masters are the model's weights now, and the host `weights` are
+    /// stale until `sync_host_weights`. Nothing crosses PCIe here.
+    pub fn device_stepped(&mut self) -> Result<()> {
         let d = self.train_device.clone().context("no training device is attached")?;
-        let mut g = d.lock()?;
-        self.weights = g.download_weights()?;
         self.weights_version += 1;
+        d.lock()?.set_weights_version(self.weights_version);
+        self.host_behind = true;
+        Ok(())
+    }
+
+    /// Whether the host `weights` are the model's current weights (false
+    /// between a device optimizer step and `sync_host_weights`).
+    pub fn host_weights_current(&self) -> bool {
+        !self.host_behind
+    }
+
+    /// Bring the host `weights` up to date with the training device's fp32
+    /// masters when a device step left them behind (one download of every
+    /// parameter); nothing to do otherwise. Call before reading `weights`
+    /// on a model that trains on a device: the engine push, checkpoints,
+    /// saving a model directory.
+    pub fn sync_host_weights(&mut self) -> Result<()> {
+        if !self.host_behind {
+            return Ok(());
+        }
+        let d = self.train_device.clone().context("the host weights are behind, but no training device is attached")?;
+        let mut g = d.lock()?;
+        self.weights = g.download_weights().context("downloading the trained weights from the device")?;
         g.set_weights_version(self.weights_version);
+        self.host_behind = false;
         Ok(())
     }
 

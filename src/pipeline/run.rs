@@ -456,7 +456,9 @@ impl Run {
         self.progress.elapsed_s = self.t_s();
         let save = self.weights_dirty;
         if save {
-            // With the GPU backend, AdamW's m and v live on the device.
+            // With the GPU backend, the weights and AdamW's m and v live on
+            // the device.
+            self.pre.model.sync_host_weights()?;
             if let Some(opt) = self.opt.as_mut() {
                 crate::train::optimizer::sync_optimizer(&self.pre.model, opt)?;
             }
@@ -499,8 +501,10 @@ impl Run {
         Ok((all, totals))
     }
 
-    /// Send the trainer's weights to the engine (in process).
+    /// Send the trainer's weights to the engine (in process); with the GPU
+    /// backend they come back from the device here, once per unit of work.
     fn push_weights(&mut self) -> Result<()> {
+        self.pre.model.sync_host_weights()?;
         let w = self.pre.model.weights.clone();
         self.rt.block_on(self.policy.engine.update(move |m| {
             m.weights = w;

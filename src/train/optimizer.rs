@@ -171,14 +171,15 @@ mod tests {
 /// `grads` to `opt.config.grad_clip` and run AdamW on the host weights; with
 /// a training device attached, the clip and AdamW run there (continuing
 /// `opt`'s state: its m and v go to the device when the device's do not
-/// continue it) and the updated weights come back to the host. Returns the
+/// continue it) and the updated weights stay there: the host copy is
+/// brought up to date only when read (`Model::sync_host_weights`). Returns the
 /// global gradient norm before clipping. A non-finite norm is an error and
 /// leaves the weights unchanged.
 pub fn optimizer_step(model: &mut Model, opt: &mut AdamW, grads: &mut Weights, lr: f32) -> Result<f64> {
     let Some(d) = model.train_device.clone() else {
         let norm = clip_grad_norm(grads, opt.config.grad_clip);
         ensure!(norm.is_finite(), "the gradient norm is {norm}; the step was not taken");
-        model.update_weights(|w| opt.update(w, grads, lr));
+        model.update_weights(|w| opt.update(w, grads, lr))?;
         return Ok(norm);
     };
     let norm = {
@@ -187,7 +188,7 @@ pub fn optimizer_step(model: &mut Model, opt: &mut AdamW, grads: &mut Weights, l
         g.optimizer_step(&host)?
     };
     opt.step += 1;
-    model.pull_weights_from_device()?;
+    model.device_stepped()?;
     Ok(norm)
 }
 

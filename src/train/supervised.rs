@@ -22,7 +22,7 @@ pub fn supervised_step(model: &mut Model, opt: &mut AdamW, grads: &mut Weights, 
     grads.zero();
     let loss = model.nll_loss_and_grads(batch, weight, grads)?;
     let grad_norm = clip_grad_norm(grads, opt.config.grad_clip);
-    model.update_weights(|w| opt.update(w, grads, lr));
+    model.update_weights(|w| opt.update(w, grads, lr))?;
     Ok(StepStats { loss, grad_norm, lr, tokens: batch.len() })
 }
 
