@@ -9,17 +9,19 @@
 // head of one sequence; each warp owns RG groups of 16 of those rows and keeps
 // their Q·K^T tiles S and O accumulators in registers (Q fragments are re-read
 // from shared memory per k-step). Defaults: 4 warps with two row groups each
-// (BR = 128, FA2's CTA), key tiles of BC = 64 at hd64 and BC = 32 at hd128.
+// (BR = 128, FA2's CTA) and key tiles of BC = 64: FA2's hd128 forward tiles.
 // Two row groups per warp are the point: every K fragment (ldmatrix) and
 // every V fragment (ldmatrix.trans) a warp reads from shared memory feeds two
 // mma's instead of one, which halves the shared-memory traffic per FLOP that
 // bounds the one-group (BR = 64) kernel, and a CTA streams its K/V tiles for
 // twice the rows. The price is registers: at hd128 the O accumulators alone
 // are 2·16·4 floats per thread, and with S of a 64-key tile (2·8·4 more)
-// ptxas 12.4 spills a few bytes at 255 registers, so hd128 takes 32-key
-// tiles (about 245 registers, no spills); FA2's 64 stays one macro away.
-// The Q, K and V tiles take (BR + 2·BC)·HD bf16 of shared memory (32 KiB at
-// hd64, 48 KiB at hd128; 64 KiB with BC = 64 at hd128), so they live in
+// ptxas 12.4 spills 16 bytes at 255 registers on sm_90 (48 on sm_80). It
+// stays: on an H100 these tiles ran 350-385 TFLOP/s against 306-328 for the
+// spill-free 32-key tiles (`-DFA_HD128_BC=32`, about 245 registers) and
+// 298-324 for one row group (docs/gpu-runs.md, 2026-11-27); .ci/run allows
+// exactly this spill. The Q, K and V tiles take (BR + 2·BC)·HD bf16 of
+// shared memory (32 KiB at hd64, 64 KiB at hd128), so they live in
 // dynamic shared memory whose size the launcher passes; above 48 KiB a real
 // GPU also needs the function's max-dynamic-shared-memory attribute raised,
 // which the CUDA device does before such a launch. Key/value tiles of BC rows
@@ -161,7 +163,7 @@ APPLIANCE_INLINE void store2(float* p, float a, float b) { *reinterpret_cast<flo
 #define FA_HD128_RG 2
 #endif
 #ifndef FA_HD128_BC
-#define FA_HD128_BC 32
+#define FA_HD128_BC 64
 #endif
 
 template <int HD, int W, int R, int C>

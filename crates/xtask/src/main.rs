@@ -6,8 +6,10 @@
 //! - `ptx --source FILE --out FILE [--define NAME=VAL]...`: compile one .cu
 //!   file with preprocessor macros to a chosen output (variant builds for
 //!   tile sweeps); ptx/ is left alone.
-//! - `ptxas [--budget-spill-bytes N]`: run ptxas -v on every ptx/*.ptx for
-//!   sm_80 and sm_90 and fail on register spills beyond the budget.
+//! - `ptxas [--budget-spill-bytes N] [--allow-spill KERNEL=BYTES]...`: run
+//!   ptxas -v on every ptx/*.ptx for sm_80 and sm_90 and fail on register
+//!   spills (stores + loads) beyond the budget, or beyond a named kernel's
+//!   own allowance.
 //!
 //! The toolchain is pinned to CUDA 12.4 from the Python package registry
 //! (nvidia-cuda-nvrtc-cu12==12.4.127 and friends; see .ci/cuda-toolchain).
@@ -172,6 +174,13 @@ fn task_ptxas(args: &[String]) -> Result<()> {
         .transpose()
         .context("--budget-spill-bytes takes a number")?
         .unwrap_or(0);
+    // Named exceptions, `--allow-spill KERNEL=BYTES` (spill stores + loads
+    // per arch): a kernel measured faster with a small spill than without.
+    let mut allowed: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for w in args.windows(2).filter(|w| w[0] == "--allow-spill") {
+        let (k, b) = w[1].split_once('=').with_context(|| format!("--allow-spill takes KERNEL=BYTES, got {:?}", w[1]))?;
+        allowed.insert(k.to_string(), b.parse().with_context(|| format!("--allow-spill {}: {b:?} is not a number of bytes", w[1]))?);
+    }
     let ptxas = nvidia.join("cuda_nvcc/bin/ptxas");
     let root = repo_root();
     let mut over = vec![];
@@ -201,7 +210,7 @@ fn task_ptxas(args: &[String]) -> Result<()> {
                     kernel = rest.split('\'').next().unwrap_or("").to_string();
                 } else if line.contains("bytes spill stores") {
                     spills = (nums.get(1).copied().unwrap_or(0), nums.get(2).copied().unwrap_or(0));
-                    if spills.0 + spills.1 > budget {
+                    if spills.0 + spills.1 > allowed.get(&kernel).copied().unwrap_or(budget) {
                         over.push(format!("{kernel} ({arch}): {} bytes spill stores, {} bytes spill loads", spills.0, spills.1));
                     }
                 } else if line.contains("Used") && line.contains("registers") {
@@ -216,7 +225,7 @@ fn task_ptxas(args: &[String]) -> Result<()> {
     if !over.is_empty() {
         bail!("register spills beyond the budget of {budget} bytes:\n  {}", over.join("\n  "));
     }
-    println!("no kernel spills beyond {budget} bytes");
+    println!("no kernel spills beyond {budget} bytes or its own allowance");
     Ok(())
 }
 
@@ -225,6 +234,6 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ptx") => task_ptx(&args[1..]),
         Some("ptxas") => task_ptxas(&args[1..]),
-        _ => bail!("usage: cargo run -p xtask -- ptx [--check] [--nvidia DIR] | ptx --source FILE --out FILE [--define NAME=VAL]... | ptxas [--budget-spill-bytes N] [--nvidia DIR]"),
+        _ => bail!("usage: cargo run -p xtask -- ptx [--check] [--nvidia DIR] | ptx --source FILE --out FILE [--define NAME=VAL]... | ptxas [--budget-spill-bytes N] [--allow-spill KERNEL=BYTES]... [--nvidia DIR]"),
     }
 }
