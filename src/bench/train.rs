@@ -248,8 +248,6 @@ pub fn gpu_shapes() -> Vec<Shape> {
 /// forward, fused log-probs, backward, clip and AdamW; the weights stay on
 /// the device between steps, as in a DAPO iteration):
 /// - `{label}: DAPO step, GPU` — tokens/s;
-/// - `{label}: share optimizer, GPU` — percent of the step in zeroing the
-///   gradients, the clip and AdamW (the rest is forward, loss and backward);
 /// - `{label}: forward only, GPU` — tokens/s of forward + log-probs;
 /// - `{label}: weights to host, GPU` — ms to bring the host copy up to date
 ///   (`Model::sync_host_weights`: once per unit of work, before the engine
@@ -265,15 +263,13 @@ pub fn run_shape_gpu(shape: &Shape, repeats: usize, cpu_step: Option<f64>) -> Re
     let label = &shape.label;
     let Rig { mut model, mut opt, mut grads, dapo, data, tokens, lr } = Rig::new(shape);
     crate::model::qwen2_gpu::attach_cuda(&mut model, 0)?;
-    let mut times: Vec<StepTimes> = vec![];
+    // No time split here: the device runs behind the host, so host clocks
+    // between the parts would credit the backward's tail to the optimizer.
     let step = measure(SUITE, &format!("{label}: DAPO step, GPU"), "tokens/s", repeats, true, true, || {
-        let (loss, t) = timed_dapo_step(&mut model, &mut opt, &mut grads, &data, &dapo, lr)?;
+        let (loss, _) = timed_dapo_step(&mut model, &mut opt, &mut grads, &data, &dapo, lr)?;
         ensure!(loss.is_finite(), "the DAPO loss is {loss}");
-        times.push(t);
         Ok(tokens)
     })?;
-    let mut opt_frac: Vec<f64> = times[1..].iter().map(|t| t.optimizer.as_secs_f64() / (t.optimizer + t.forward_backward).as_secs_f64().max(1e-12)).collect();
-    let opt_share = derived(format!("{label}: share optimizer, GPU"), super::median(&mut opt_frac) * 100.0, "%", step.repeats);
     let t = Instant::now();
     model.sync_host_weights()?;
     let to_host = derived(format!("{label}: weights to host, GPU"), t.elapsed().as_secs_f64() * 1e3, "ms", 1);
@@ -294,7 +290,7 @@ pub fn run_shape_gpu(shape: &Shape, repeats: usize, cpu_step: Option<f64>) -> Re
     })?;
     let n = step.repeats;
     let ratio = cpu_step.map(|c| derived(format!("{label}: GPU / CPU step"), step.median / c, "x", n));
-    let mut rows = vec![step, opt_share, forward, to_host, synced, kept];
+    let mut rows = vec![step, forward, to_host, synced, kept];
     rows.extend(ratio);
     Ok(rows)
 }
