@@ -111,16 +111,20 @@ pub struct StepTimes {
 
 /// One DAPO optimizer step, exactly `algorithms::dapo_step` (zero the
 /// gradients, `dapo_loss_and_grads`, clip, refuse a non-finite norm, AdamW)
-/// with a clock between the parts. Returns the loss and the times.
+/// with a clock between the parts. With a training device, each part ends
+/// with a device synchronize, so the clocks see the kernels, not just their
+/// launches. Returns the loss and the times.
 pub fn timed_dapo_step(model: &mut Model, opt: &mut AdamW, grads: &mut Weights, samples: &[DapoSample], cfg: &DapoConfig, lr: f32) -> Result<(f64, StepTimes)> {
     let t = Instant::now();
     model.zero_grads(grads)?;
     let zero = t.elapsed();
     let t = Instant::now();
     let s = dapo_loss_and_grads(model, samples, cfg, grads)?;
+    model.synchronize_train_device()?;
     let forward_backward = t.elapsed();
     let t = Instant::now();
     optimizer_step(model, opt, grads, lr).with_context(|| format!("the DAPO step (loss {})", s.loss))?;
+    model.synchronize_train_device()?;
     Ok((s.loss, StepTimes { forward_backward, optimizer: zero + t.elapsed() }))
 }
 
@@ -248,6 +252,10 @@ pub fn gpu_shapes() -> Vec<Shape> {
 /// forward, fused log-probs, backward, clip and AdamW; the weights stay on
 /// the device between steps, as in a DAPO iteration):
 /// - `{label}: DAPO step, GPU` — tokens/s;
+/// - `{label}: share forward|optimizer, GPU` — percent of the step in the
+///   forward with log-probs (the forward-only time over the step's) and in
+///   zeroing the gradients, the clip and AdamW (timed to a device
+///   synchronize); the rest is the loss and the backward;
 /// - `{label}: forward only, GPU` — tokens/s of forward + log-probs;
 /// - `{label}: weights to host, GPU` — ms to bring the host copy up to date
 ///   (`Model::sync_host_weights`: once per unit of work, before the engine
@@ -263,13 +271,15 @@ pub fn run_shape_gpu(shape: &Shape, repeats: usize, cpu_step: Option<f64>) -> Re
     let label = &shape.label;
     let Rig { mut model, mut opt, mut grads, dapo, data, tokens, lr } = Rig::new(shape);
     crate::model::qwen2_gpu::attach_cuda(&mut model, 0)?;
-    // No time split here: the device runs behind the host, so host clocks
-    // between the parts would credit the backward's tail to the optimizer.
+    let mut times: Vec<StepTimes> = vec![];
     let step = measure(SUITE, &format!("{label}: DAPO step, GPU"), "tokens/s", repeats, true, true, || {
-        let (loss, _) = timed_dapo_step(&mut model, &mut opt, &mut grads, &data, &dapo, lr)?;
+        let (loss, t) = timed_dapo_step(&mut model, &mut opt, &mut grads, &data, &dapo, lr)?;
         ensure!(loss.is_finite(), "the DAPO loss is {loss}");
+        times.push(t);
         Ok(tokens)
     })?;
+    let mut opt_frac: Vec<f64> = times[1..].iter().map(|t| t.optimizer.as_secs_f64() / (t.optimizer + t.forward_backward).as_secs_f64().max(1e-12)).collect();
+    let opt_share = derived(format!("{label}: share optimizer, GPU"), super::median(&mut opt_frac) * 100.0, "%", step.repeats);
     let t = Instant::now();
     model.sync_host_weights()?;
     let to_host = derived(format!("{label}: weights to host, GPU"), t.elapsed().as_secs_f64() * 1e3, "ms", 1);
@@ -289,8 +299,10 @@ pub fn run_shape_gpu(shape: &Shape, repeats: usize, cpu_step: Option<f64>) -> Re
         Ok(tokens)
     })?;
     let n = step.repeats;
+    // Medians of rates are rates at the median time.
+    let fwd_share = derived(format!("{label}: share forward, GPU"), step.median / forward.median * 100.0, "%", n);
     let ratio = cpu_step.map(|c| derived(format!("{label}: GPU / CPU step"), step.median / c, "x", n));
-    let mut rows = vec![step, forward, to_host, synced, kept];
+    let mut rows = vec![step, fwd_share, opt_share, forward, to_host, synced, kept];
     rows.extend(ratio);
     Ok(rows)
 }

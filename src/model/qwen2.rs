@@ -416,6 +416,16 @@ impl Model {
         Ok(())
     }
 
+    /// Wait for the training device's queued work (nothing to do on the
+    /// CPU): host clocks around a device step time only its launches
+    /// otherwise.
+    pub fn synchronize_train_device(&self) -> Result<()> {
+        match &self.train_device {
+            Some(d) => d.lock()?.synchronize(),
+            None => Ok(()),
+        }
+    }
+
     /// Whether the host `weights` are the model's current weights (false
     /// between a device optimizer step and `sync_host_weights`).
     pub fn host_weights_current(&self) -> bool {

@@ -709,6 +709,12 @@ impl GpuModel {
         Ok(())
     }
 
+    /// Wait until the device has finished the work queued so far (for
+    /// timing: launches return before their kernels run).
+    pub fn synchronize(&mut self) -> Result<()> {
+        self.dev.synchronize()
+    }
+
     /// One device buffer of every parameter, as host `Weights`.
     fn download(&mut self, which: fn(&Param) -> DevicePtr) -> Result<Weights> {
         let mut w = Weights::zeros(&self.cfg);
