@@ -171,8 +171,6 @@ struct TileCfg {
     static constexpr int WARPS = W, RG = R, BC = C;
     static constexpr int BR = 16 * W * R;   // query rows per CTA
     static constexpr int THREADS = 32 * W;
-    // Dynamic shared memory: the Q tile, one K tile and one V tile.
-    static constexpr int SMEM_BYTES = (BR + 2 * C) * HD * 2;
     static_assert(R == 1 || R == 2, "a warp owns one or two 16-row groups");
     static_assert(C % 16 == 0 && C >= 16, "BC must be a multiple of 16 (the k-steps of P·V)");
 };

@@ -128,6 +128,12 @@ pub fn timed_dapo_step(model: &mut Model, opt: &mut AdamW, grads: &mut Weights, 
     Ok((s.loss, StepTimes { forward_backward, optimizer: zero + t.elapsed() }))
 }
 
+/// The median over `timed` steps of the optimizer's fraction of the step.
+fn optimizer_share(timed: &[StepTimes]) -> f64 {
+    let mut frac: Vec<f64> = timed.iter().map(|t| t.optimizer.as_secs_f64() / (t.optimizer + t.forward_backward).as_secs_f64().max(1e-12)).collect();
+    super::median(&mut frac)
+}
+
 /// What a timed step needs: the model (random init, seed 0), AdamW at the
 /// default settings, gradients, the DAPO config and the shape's samples.
 struct Rig {
@@ -222,8 +228,7 @@ pub fn run_shape(shape: &Shape, repeats: usize) -> Result<Vec<Row>> {
 
     // Medians of rates are rates at the median time.
     let (t_step, t_fwd) = (tokens / step.median, tokens / forward.median);
-    let mut opt_frac: Vec<f64> = timed.iter().map(|t| t.optimizer.as_secs_f64() / (t.optimizer + t.forward_backward).as_secs_f64().max(1e-12)).collect();
-    let opt_share = super::median(&mut opt_frac);
+    let opt_share = optimizer_share(timed);
     let fwd_share = t_fwd / t_step;
     let n = step.repeats;
     let gflops = step.median * mfu::training_flops_per_token(cfg, shape.seq_len) / 1e9;
@@ -278,8 +283,7 @@ pub fn run_shape_gpu(shape: &Shape, repeats: usize, cpu_step: Option<f64>) -> Re
         times.push(t);
         Ok(tokens)
     })?;
-    let mut opt_frac: Vec<f64> = times[1..].iter().map(|t| t.optimizer.as_secs_f64() / (t.optimizer + t.forward_backward).as_secs_f64().max(1e-12)).collect();
-    let opt_share = derived(format!("{label}: share optimizer, GPU"), super::median(&mut opt_frac) * 100.0, "%", step.repeats);
+    let opt_share = derived(format!("{label}: share optimizer, GPU"), optimizer_share(&times[1..]) * 100.0, "%", step.repeats);
     let t = Instant::now();
     model.sync_host_weights()?;
     let to_host = derived(format!("{label}: weights to host, GPU"), t.elapsed().as_secs_f64() * 1e3, "ms", 1);

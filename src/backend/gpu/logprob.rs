@@ -104,12 +104,17 @@ pub fn fwd_workspace_bytes(n: usize, vocab: usize) -> usize {
 /// must use this). The splits depend on `n` only through its row tiles, so
 /// the largest `n` of each tile count is the one to check.
 pub fn fwd_workspace_bytes_upto(cap: usize, vocab: usize) -> usize {
-    (1..=cap.div_ceil(ROW_TILE)).map(|r| fwd_workspace_bytes((r * ROW_TILE).min(cap), vocab)).max().unwrap_or(0)
+    max_over_row_tiles(cap, |n| fwd_workspace_bytes(n, vocab))
 }
 
 /// [`bwd_workspace_bytes`] for every `n <= cap`; see [`fwd_workspace_bytes_upto`].
 pub fn bwd_workspace_bytes_upto(cap: usize, d: usize, vocab: usize) -> usize {
-    (1..=cap.div_ceil(ROW_TILE)).map(|r| bwd_workspace_bytes((r * ROW_TILE).min(cap), d, vocab)).max().unwrap_or(0)
+    max_over_row_tiles(cap, |n| bwd_workspace_bytes(n, d, vocab))
+}
+
+/// The largest `bytes(n)` over the largest `n <= cap` of each row-tile count.
+fn max_over_row_tiles(cap: usize, bytes: impl Fn(usize) -> usize) -> usize {
+    (1..=cap.div_ceil(ROW_TILE)).map(|r| bytes((r * ROW_TILE).min(cap))).max().unwrap_or(0)
 }
 
 /// Device memory the fused loss needs beyond its inputs and the gradients:
