@@ -166,11 +166,25 @@ pub struct ModelSection {
     pub init_seed: u64,
     pub vocab_chunk: usize,
     pub recompute: bool,
+    /// The GPU backend's chunk of the post-attention work, in tokens (a
+    /// multiple of 8; 0: the whole micro-batch).
+    pub mlp_chunk_tokens: usize,
 }
 
 impl Default for ModelSection {
     fn default() -> Self {
-        ModelSection { dir: None, backend: Backend::Cpu, init_seed: 0, vocab_chunk: 8192, recompute: false }
+        ModelSection { dir: None, backend: Backend::Cpu, init_seed: 0, vocab_chunk: 8192, recompute: false, mlp_chunk_tokens: 8192 }
+    }
+}
+
+impl ModelSection {
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.mlp_chunk_tokens % 8 == 0,
+            "model.mlp_chunk_tokens ({}) must be a multiple of 8 (0: the whole micro-batch)",
+            self.mlp_chunk_tokens
+        );
+        Ok(())
     }
 }
 
@@ -356,6 +370,7 @@ impl Config {
         merge(&mut base, user);
         let merged = toml::to_string(&base).expect("a TOML value serializes");
         let c = parse_toml(&merged, origin)?;
+        c.model.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
         c.agent.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
         c.rft.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
         c.dapo.validate().map_err(|e| anyhow!("{origin}: {e}"))?;
@@ -461,6 +476,14 @@ mod tests {
         let err = Config::from_str_over_default("[generate]\n\ntemprature = 0.5\n", "user.toml").unwrap_err().to_string();
         assert!(err.contains("user.toml") && err.contains("line 3") && err.contains("temprature"), "{err}");
         assert!(err.contains("generate"), "{err}");
+    }
+
+    #[test]
+    fn an_mlp_chunk_off_the_8_token_grid_is_refused() {
+        let err = Config::from_str_over_default("[model]\nmlp_chunk_tokens = 100\n", "u.toml").unwrap_err().to_string();
+        assert!(err.contains("u.toml") && err.contains("model.mlp_chunk_tokens") && err.contains("100"), "{err}");
+        assert_eq!(Config::from_str_over_default("[model]\nmlp_chunk_tokens = 0\n", "u.toml").unwrap().model.mlp_chunk_tokens, 0);
+        assert_eq!(Config::embedded().model.mlp_chunk_tokens, 8192);
     }
 
     #[test]

@@ -271,16 +271,23 @@ fn plan_prints_the_memory_table_and_refuses_a_bad_model_dir() {
     let o = run(&["plan", "--preset", "qwen2.5-7b", "--seq", "131072"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    for needle in ["qwen2.5-7b", "131072 tokens", "bf16 weights", "fp32 master weights", "AdamW m", "saved activations", "total", "fits in 80 GiB: no", "saving 148.50 GiB"] {
+    for needle in ["qwen2.5-7b", "131072 tokens", "bf16 weights", "fp32 master weights", "AdamW m", "saved activations", "total", "fits in 80 GiB: no", "would add 148.50 GiB", "saving 148.28 GiB"] {
         assert!(out.contains(needle), "plan lacks {needle:?}:\n{out}");
     }
-    // Sharded over 8 GPUs it fits; the JSON carries the same numbers.
-    let o = run(&["plan", "--preset", "qwen2.5-7b", "--seq", "131072", "--gpus", "8", "--json"]);
+    // At 65,536 tokens, sharded over 8 GPUs, it fits (131,072 needs the
+    // sequence split too); the JSON carries the same numbers.
+    let o = run(&["plan", "--preset", "qwen2.5-7b", "--seq", "65536", "--gpus", "8", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(j["tokens"], 131072);
+    assert_eq!(j["tokens"], 65536);
     assert_eq!(j["fits"], true);
-    assert_eq!(j["fused_loss_saving_bytes"], 131072u64 * 152064 * 8);
+    assert_eq!(j["materialized_logits_bytes"], 65536u64 * 152064 * 8);
+    // The saving is the logits less the fused loss's workspace (its
+    // buffers beyond the 24 bytes per token any loss needs).
+    let workspace = j["fused_loss_bytes"].as_u64().unwrap() - 65536 * 24;
+    assert_eq!(j["fused_loss_saving_bytes"].as_u64().unwrap(), 65536u64 * 152064 * 8 - workspace);
+    let o = run(&["plan", "--preset", "qwen2.5-7b", "--seq", "131072", "--gpus", "8", "--json"]);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["fits"], false);
     let sum: u64 = j["components"].as_array().unwrap().iter().map(|c| c["bytes"].as_u64().unwrap()).sum();
     assert_eq!(j["total_bytes"].as_u64().unwrap(), sum);
     // A model directory is read for its config.json only.
@@ -294,4 +301,6 @@ fn plan_prints_the_memory_table_and_refuses_a_bad_model_dir() {
     assert_clean_error(&o, &["nope", "not a directory"]);
     let o = run(&["plan", "--preset", "tiny", "--gpus", "0"]);
     assert_clean_error(&o, &["at least 1 GPU"]);
+    let o = run(&["plan", "--preset", "tiny", "--chunk", "100"]);
+    assert_clean_error(&o, &["multiple of 8"]);
 }

@@ -485,7 +485,7 @@ fn dapo_steps_on_the_simulated_device_follow_the_cpu() {
     let run = |device: bool| {
         let mut m = base.clone();
         if device {
-            appliance::model::qwen2_gpu::attach(&mut m, Box::new(appliance::device::sim::SimDevice::new().unwrap())).unwrap();
+            appliance::model::qwen2_gpu::attach(&mut m, Box::new(appliance::device::sim::SimDevice::new().unwrap()), appliance::model::qwen2_gpu::Capacity { tokens: 512, chunk_tokens: 16 }).unwrap();
         }
         let mut opt = AdamW::new(OptimConfig { lr: 1e-4, ..Default::default() }, &m.cfg);
         let mut g = Weights::zeros(&m.cfg);

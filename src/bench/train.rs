@@ -53,14 +53,16 @@ pub struct Shape {
     /// At most this many timed repeats (keeps `bench all` short for the
     /// large shape); the warm-up is extra.
     pub max_repeats: usize,
+    /// Recompute each layer in the backward (`Model::recompute`).
+    pub recompute: bool,
 }
 
 /// The suite's shapes: the tiny model on 4 × 512 tokens, the 100M config
 /// on 1 × 512 (a step takes seconds on 2 cores, so at most 3 repeats).
 pub fn shapes() -> Vec<Shape> {
     vec![
-        Shape { label: "tiny 4x512".into(), cfg: tiny::tiny_config(), seqs: 4, seq_len: 512, rft: true, max_repeats: usize::MAX },
-        Shape { label: "100M 1x512".into(), cfg: config_100m(), seqs: 1, seq_len: 512, rft: false, max_repeats: 3 },
+        Shape { label: "tiny 4x512".into(), cfg: tiny::tiny_config(), seqs: 4, seq_len: 512, rft: true, max_repeats: usize::MAX, recompute: false },
+        Shape { label: "100M 1x512".into(), cfg: config_100m(), seqs: 1, seq_len: 512, rft: false, max_repeats: 3, recompute: false },
     ]
 }
 
@@ -150,8 +152,10 @@ impl Rig {
     fn new(shape: &Shape) -> Self {
         let cfg = &shape.cfg;
         let ocfg = OptimConfig::default();
+        let mut model = Model::new(cfg.clone(), Weights::init(cfg, 0, tiny::INIT_STD));
+        model.recompute = shape.recompute;
         Rig {
-            model: Model::new(cfg.clone(), Weights::init(cfg, 0, tiny::INIT_STD)),
+            model,
             lr: ocfg.lr,
             opt: AdamW::new(ocfg, cfg),
             grads: Weights::zeros(cfg),
@@ -244,12 +248,14 @@ pub fn run_shape(shape: &Shape, repeats: usize) -> Result<Vec<Row>> {
 }
 
 /// Shapes timed only on a GPU: Qwen2.5-0.5B's config (random weights) on
-/// 2 × 4096 and 1 × 16384 tokens.
+/// 2 × 4096 and 1 × 16384 tokens, the latter also with recomputation (the
+/// MLP's buffers then hold one 8192-token chunk).
 pub fn gpu_shapes() -> Vec<Shape> {
     let q05 = crate::model::memory_plan::preset("qwen2.5-0.5b").expect("a preset");
     vec![
-        Shape { label: "0.5B 2x4096".into(), cfg: q05.clone(), seqs: 2, seq_len: 4096, rft: false, max_repeats: 5 },
-        Shape { label: "0.5B 1x16384".into(), cfg: q05, seqs: 1, seq_len: 16384, rft: false, max_repeats: 3 },
+        Shape { label: "0.5B 2x4096".into(), cfg: q05.clone(), seqs: 2, seq_len: 4096, rft: false, max_repeats: 5, recompute: false },
+        Shape { label: "0.5B 1x16384".into(), cfg: q05.clone(), seqs: 1, seq_len: 16384, rft: false, max_repeats: 3, recompute: false },
+        Shape { label: "0.5B 1x16384 recompute".into(), cfg: q05, seqs: 1, seq_len: 16384, rft: false, max_repeats: 3, recompute: true },
     ]
 }
 
@@ -270,19 +276,41 @@ pub fn gpu_shapes() -> Vec<Shape> {
 ///   weights stayed on the device), and `{label}: weights kept on device /
 ///   synced every step` the ratio, both in this process;
 /// - `{label}: GPU / CPU step` — the speed-up over `cpu_step` (tokens/s
-///   of the CPU step in this process), when given.
+///   of the CPU step in this process), when given;
+/// - `{label}: device memory planned|held, GPU` — GiB: the memory plan for
+///   the shape's micro-batch (less its runtime-reserve estimate), and what
+///   the driver reports spent on the GPU from before the trainer was
+///   attached to after its first step (the plan's buffers plus the kernel
+///   modules, cuBLAS and the allocator's rounding); `held / planned` their
+///   ratio.
 pub fn run_shape_gpu(shape: &Shape, repeats: usize, cpu_step: Option<f64>) -> Result<Vec<Row>> {
     let repeats = repeats.clamp(1, shape.max_repeats.max(1));
     let label = &shape.label;
     let Rig { mut model, mut opt, mut grads, dapo, data, tokens, lr } = Rig::new(shape);
-    crate::model::qwen2_gpu::attach_cuda(&mut model, 0)?;
+    let probe = crate::device::cuda::MemoryProbe::new(0)?;
+    let (free_before, _) = probe.free_total()?;
+    let capacity = crate::model::qwen2_gpu::Capacity::new(shape.seqs * shape.seq_len);
+    crate::model::qwen2_gpu::attach_cuda(&mut model, 0, capacity)?;
     let mut times: Vec<StepTimes> = vec![];
+    let mut held = None;
     let step = measure(SUITE, &format!("{label}: DAPO step, GPU"), "tokens/s", repeats, true, true, || {
         let (loss, t) = timed_dapo_step(&mut model, &mut opt, &mut grads, &data, &dapo, lr)?;
         ensure!(loss.is_finite(), "the DAPO loss is {loss}");
+        if held.is_none() {
+            held = Some(free_before.saturating_sub(probe.free_total()?.0));
+        }
         times.push(t);
         Ok(tokens)
     })?;
+    let plan = crate::model::memory_plan::plan_scored(&shape.cfg, model.out_vocab(), label, &capacity.plan_request(model.recompute))?;
+    let planned = (plan.total_bytes - plan.bytes(crate::model::memory_plan::names::RESERVE)) as f64;
+    let held = held.unwrap_or(0) as f64;
+    let gib = (1u64 << 30) as f64;
+    let memory = [
+        derived(format!("{label}: device memory planned, GPU"), planned / gib, "GiB", 1),
+        derived(format!("{label}: device memory held, GPU"), held / gib, "GiB", 1),
+        derived(format!("{label}: device memory held / planned, GPU"), held / planned, "x", 1),
+    ];
     let opt_share = derived(format!("{label}: share optimizer, GPU"), optimizer_share(&times[1..]) * 100.0, "%", step.repeats);
     let t = Instant::now();
     model.sync_host_weights()?;
@@ -308,6 +336,7 @@ pub fn run_shape_gpu(shape: &Shape, repeats: usize, cpu_step: Option<f64>) -> Re
     let ratio = cpu_step.map(|c| derived(format!("{label}: GPU / CPU step"), step.median / c, "x", n));
     let mut rows = vec![step, fwd_share, opt_share, forward, to_host, synced, kept];
     rows.extend(ratio);
+    rows.extend(memory);
     Ok(rows)
 }
 
@@ -374,7 +403,7 @@ mod tests {
 
     #[test]
     fn rows_are_well_formed_on_a_small_shape() {
-        let shape = Shape { label: "tiny 2x32".into(), cfg: tiny::tiny_config(), seqs: 2, seq_len: 32, rft: true, max_repeats: 1 };
+        let shape = Shape { label: "tiny 2x32".into(), cfg: tiny::tiny_config(), seqs: 2, seq_len: 32, rft: true, max_repeats: 1, recompute: false };
         let rows = run_shape(&shape, 3).unwrap();
         let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         let want: Vec<String> = ["DAPO step", "RFT step", "forward only", "step / forward time", "share forward", "share backward", "share optimizer", "achieved GFLOP/s"]
@@ -407,7 +436,7 @@ mod tests {
     fn a_sequence_longer_than_the_positions_is_an_error() {
         let mut cfg = tiny::tiny_config();
         cfg.max_position_embeddings = 16;
-        let shape = Shape { label: "short".into(), cfg, seqs: 1, seq_len: 32, rft: false, max_repeats: 1 };
+        let shape = Shape { label: "short".into(), cfg, seqs: 1, seq_len: 32, rft: false, max_repeats: 1, recompute: false };
         let e = run_shape(&shape, 1).unwrap_err().to_string();
         assert!(e.contains("exceed the config's 16 positions"), "{e}");
     }

@@ -41,7 +41,8 @@ pub fn run(config: &Config, a: Args) -> Result<()> {
     }
     let mut p = pretrained::load(super::model_dir(config, &a.model).as_deref(), config.model.init_seed)?;
     super::apply_model_settings(config, &mut p.model);
-    crate::pipeline::run::place_trainer(config, &mut p.model)?;
+    let longest = examples.iter().map(|e| e.ids.len()).max().unwrap_or(1);
+    crate::pipeline::run::place_trainer(config, &mut p.model, longest)?;
     let cfg = &config.rft;
     let mut opt = AdamW::new(cfg.optim(&config.optim), &p.model.cfg);
     let total = (examples.len().div_ceil(cfg.batch) * cfg.epochs as usize) as u64;

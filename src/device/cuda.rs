@@ -88,6 +88,26 @@ impl CudaDevice {
     }
 }
 
+/// Reads GPU `ordinal`'s free memory as the driver reports it
+/// (device-wide: every context's allocations count). It holds the primary
+/// context, so the context's own memory is spent before the first reading.
+pub struct MemoryProbe {
+    ctx: Arc<CudaContext>,
+    ordinal: usize,
+}
+
+impl MemoryProbe {
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let ctx = CudaContext::new(ordinal).map_err(|e| anyhow!("opening GPU {ordinal}: {e:?}"))?;
+        Ok(MemoryProbe { ctx, ordinal })
+    }
+
+    /// Free and total bytes.
+    pub fn free_total(&self) -> Result<(usize, usize)> {
+        self.ctx.mem_get_info().map_err(|e| anyhow!("cuMemGetInfo on GPU {}: {e:?}", self.ordinal))
+    }
+}
+
 impl Device for CudaDevice {
     fn name(&self) -> String {
         self.name.clone()

@@ -6,21 +6,29 @@
 //!
 //! Owns: the list of tensors a layer saves (with and without recomputation),
 //! the backward's scratch, and the arithmetic. Why here: it needs only the
-//! model's shape, so it sits in the model layer beside `ModelConfig`; the
-//! GPU backend sizes its buffers from these same lists, and `appliance
-//! plan` prints them. Does not own any allocation.
+//! model's shape, so it sits in the model layer beside `ModelConfig`. The
+//! GPU model backend (`qwen2_gpu`) allocates exactly these buffers, once,
+//! for a token capacity, and reports its bytes under these component names
+//! (a test holds the two equal); `appliance plan` prints them. Does not own
+//! any allocation.
 //!
 //! Conventions (the GPU backend's, stated once so the numbers can be
-//! checked): weights bf16 with fp32 master weights, AdamW m and v in fp32,
-//! weight gradients fp32; activations bf16, per-row statistics (RMSNorm
-//! rstd, attention log-sum-exp) fp32; activation gradients fp32, with a
-//! bf16 copy of each one that feeds a weight-gradient GEMM (cuBLAS wants A
-//! and B in one type). Token-wise work after attention (o_proj's residual,
+//! checked): fp32 master weights with a bf16 copy of every matrix (the GEMM
+//! operands), AdamW m and v in fp32, weight gradients fp32. The residual
+//! stream, norms, RoPE, SwiGLU and activation gradients are fp32, with a
+//! bf16 copy of each tensor that feeds a GEMM (cuBLAS wants A and B in one
+//! type); attention's q/k/v/output are bf16 at the kernels' head dim, its
+//! log-sum-exp fp32. Token-wise work after attention (o_proj's residual,
 //! the MLP) runs in chunks of `chunk_tokens`, so only attention's tensors
-//! span the whole micro-batch. The loss is the fused log-prob/entropy
-//! kernel: it never writes `[tokens, vocab]`.
+//! span the whole micro-batch when layers are recomputed. The loss is the
+//! fused log-prob/entropy kernel: it never writes `[tokens, vocab]`.
 
 use super::config::ModelConfig;
+use super::weights::{param_specs, ParamKind};
+use crate::backend::cpu::attention::AttnShape;
+use crate::backend::gpu::flash_attn_bwd::flash_attn_bwd_workspace_bytes;
+use crate::backend::gpu::global_norm_blocks;
+use crate::backend::gpu::logprob;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
@@ -115,6 +123,9 @@ impl PlanRequest {
         if self.batch == 0 {
             bail!("the batch must hold at least 1 sequence");
         }
+        if self.chunk_tokens % 8 != 0 {
+            bail!("the MLP chunk ({} tokens) must be a multiple of 8 (0: the whole micro-batch), so chunks start 16-byte aligned", self.chunk_tokens);
+        }
         if self.gpus == 0 {
             bail!("the optimizer state needs at least 1 GPU to live on");
         }
@@ -149,87 +160,143 @@ pub fn bytes_per_token(list: &[TokenTensor]) -> u64 {
     list.iter().map(|t| t.elem_bytes * t.per_token).sum()
 }
 
-/// What a layer keeps for its backward when it is recomputed: its input
-/// hidden state and the attention's log-sum-exp.
+/// The head dim the GPU attention kernels run a model at: 64 for head dims
+/// up to 64 (smaller heads are zero-padded, which is exact), 128 for 128.
+/// Other head dims are refused: no kernel is built for them.
+pub fn attention_head_dim(cfg: &ModelConfig) -> Result<usize> {
+    match cfg.head_dim {
+        d if d % 2 == 1 => bail!("head_dim {d} is odd; RoPE needs pairs"),
+        d if d <= 64 => Ok(64),
+        128 => Ok(128),
+        d => bail!("the GPU attention kernels run head dims up to 64 (padded) and 128; this model has {d}"),
+    }
+}
+
+/// What a layer keeps for its backward when it is recomputed: its input,
+/// the fp32 residual stream.
 pub fn saved_with_recompute(cfg: &ModelConfig) -> Vec<TokenTensor> {
-    vec![TokenTensor::new("x (layer input)", BF16, cfg.hidden_size), TokenTensor::new("attention lse", F32, cfg.num_heads)]
+    vec![TokenTensor::new("x (layer input)", F32, cfg.hidden_size)]
 }
 
 /// A layer's tensors that span the whole micro-batch (attention needs
-/// every key): the first norm, q/k/v after RoPE, attention's output.
-pub fn attention_side(cfg: &ModelConfig) -> Vec<TokenTensor> {
-    let mut v = vec![TokenTensor::new("rstd (input norm)", F32, 1), TokenTensor::new("xn1 (normed input)", BF16, cfg.hidden_size)];
+/// every key): the first norm, q/k/v (fp32 for RoPE, then bf16 at the
+/// kernels' head dim `hdp`), attention's output and log-sum-exp.
+pub fn attention_side(cfg: &ModelConfig, hdp: usize) -> Vec<TokenTensor> {
+    let (h, heads, kvh) = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads);
+    let mut v = vec![
+        TokenTensor::new("rstd (input norm)", F32, 1),
+        TokenTensor::new("xn1 (normed input)", F32, h),
+        TokenTensor::new("xn1 (bf16 copy for the GEMMs)", BF16, h),
+    ];
     if cfg.qk_norm {
-        v.push(TokenTensor::new("q before q-norm", BF16, cfg.q_dim()));
-        v.push(TokenTensor::new("k before k-norm", BF16, cfg.kv_dim()));
-        v.push(TokenTensor::new("rstd (q-norm)", F32, cfg.num_heads));
-        v.push(TokenTensor::new("rstd (k-norm)", F32, cfg.num_kv_heads));
+        v.push(TokenTensor::new("q before q-norm", F32, cfg.q_dim()));
+        v.push(TokenTensor::new("k before k-norm", F32, cfg.kv_dim()));
+        v.push(TokenTensor::new("rstd (q-norm)", F32, heads));
+        v.push(TokenTensor::new("rstd (k-norm)", F32, kvh));
     }
     v.extend([
-        TokenTensor::new("q (after RoPE)", BF16, cfg.q_dim()),
-        TokenTensor::new("k (after RoPE)", BF16, cfg.kv_dim()),
-        TokenTensor::new("v", BF16, cfg.kv_dim()),
-        TokenTensor::new("attention output", BF16, cfg.q_dim()),
+        TokenTensor::new("q, k, v (RoPE in place)", F32, cfg.q_dim() + 2 * cfg.kv_dim()),
+        TokenTensor::new("q, k, v (bf16, kernel head dim)", BF16, (heads + 2 * kvh) * hdp),
+        TokenTensor::new("attention output", BF16, heads * hdp),
+        TokenTensor::new("attention lse", F32, heads),
     ]);
+    if hdp != cfg.head_dim {
+        v.push(TokenTensor::new("attention output (unpadded)", BF16, cfg.q_dim()));
+    }
     v
 }
 
-/// A layer's token-wise tensors after attention: the residual, the second
-/// norm and the SwiGLU MLP's gate, up and activation.
+/// A layer's token-wise tensors after attention, per chunk of tokens: the
+/// residual, the second norm and the SwiGLU MLP's gate, up and activation.
 pub fn mlp_side(cfg: &ModelConfig) -> Vec<TokenTensor> {
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     vec![
-        TokenTensor::new("x_mid (residual after attention)", BF16, h),
+        TokenTensor::new("x_mid (residual after attention)", F32, h),
         TokenTensor::new("rstd (post-attention norm)", F32, 1),
-        TokenTensor::new("xn2 (normed)", BF16, h),
-        TokenTensor::new("gate", BF16, i),
-        TokenTensor::new("up", BF16, i),
-        TokenTensor::new("act = silu(gate)·up", BF16, i),
+        TokenTensor::new("xn2 (normed)", F32, h),
+        TokenTensor::new("xn2 (bf16 copy)", BF16, h),
+        TokenTensor::new("gate, up, act = silu(gate)·up", F32, 3 * i),
+        TokenTensor::new("act (bf16 copy)", BF16, i),
     ]
 }
 
 /// Everything a layer saves without recomputation.
-pub fn saved_without_recompute(cfg: &ModelConfig) -> Vec<TokenTensor> {
+pub fn saved_without_recompute(cfg: &ModelConfig, hdp: usize) -> Vec<TokenTensor> {
     let mut v = saved_with_recompute(cfg);
-    v.extend(attention_side(cfg));
+    v.extend(attention_side(cfg, hdp));
     v.extend(mlp_side(cfg));
     v
 }
 
 /// The backward's activation gradients that span the whole micro-batch.
-pub fn grad_attention_side(cfg: &ModelConfig) -> Vec<TokenTensor> {
+pub fn grad_attention_side(cfg: &ModelConfig, hdp: usize) -> Vec<TokenTensor> {
     let (h, q, kv) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim());
-    vec![
+    let mut v = vec![
         TokenTensor::new("d residual", F32, h),
         TokenTensor::new("d normed input", F32, h),
         TokenTensor::new("d residual (bf16 copy for dW)", BF16, h),
-        TokenTensor::new("dO (attention output grad)", BF16, q),
         TokenTensor::new("dq, dk, dv", F32, q + 2 * kv),
         TokenTensor::new("dq, dk, dv (bf16 copies for dW)", BF16, q + 2 * kv),
-    ]
+        TokenTensor::new("dO (attention output grad)", BF16, cfg.num_heads * hdp),
+    ];
+    if hdp != cfg.head_dim {
+        v.push(TokenTensor::new("dq, dk, dv (kernel head dim)", F32, (cfg.num_heads + 2 * cfg.num_kv_heads) * hdp));
+    }
+    v
 }
 
-/// The backward's MLP gradients, per chunk of tokens.
+/// The backward's MLP gradients, per chunk of tokens (d act is computed
+/// into d gate's buffer).
 pub fn grad_mlp_side(cfg: &ModelConfig) -> Vec<TokenTensor> {
     let i = cfg.intermediate_size;
+    vec![TokenTensor::new("d gate, d up", F32, 2 * i), TokenTensor::new("d gate, d up (bf16 copies for dW)", BF16, 2 * i)]
+}
+
+/// After the last layer: its output, the final norm's output (fp32 and
+/// the bf16 copy the LM head reads) and rstd.
+pub fn final_side(cfg: &ModelConfig) -> Vec<TokenTensor> {
+    let h = cfg.hidden_size;
     vec![
-        TokenTensor::new("d act", F32, i),
-        TokenTensor::new("d gate, d up", F32, 2 * i),
-        TokenTensor::new("d gate, d up (bf16 copies for dW)", BF16, 2 * i),
+        TokenTensor::new("last layer's output", F32, h),
+        TokenTensor::new("final norm output", F32, h),
+        TokenTensor::new("final norm output (bf16 copy)", BF16, h),
+        TokenTensor::new("rstd (final norm)", F32, 1),
     ]
 }
 
 /// Per-token buffers of the fused log-prob/entropy loss: target id, the
 /// vocabulary log-sum-exp (saved for its backward), log-prob, entropy and
-/// the gradient coefficient the DAPO loss hands back.
+/// the two gradient coefficients the loss hands back (d log-prob, d
+/// entropy). Its one workspace is counted beside them.
 pub fn fused_loss_buffers() -> Vec<TokenTensor> {
     vec![
         TokenTensor::new("target id", U32, 1),
         TokenTensor::new("vocabulary lse", F32, 1),
         TokenTensor::new("log-prob", F32, 1),
         TokenTensor::new("entropy", F32, 1),
-        TokenTensor::new("loss gradient coefficient", F32, 1),
+        TokenTensor::new("d log-prob, d entropy", F32, 2),
     ]
+}
+
+/// The fused loss's workspace: one buffer shared by its forward and its
+/// backward (never live together), sized for every batch up to `tokens`
+/// (the kernels split the vocabulary more finely for fewer rows).
+pub fn fused_loss_workspace_bytes(tokens: usize, hidden: usize, vocab: usize) -> u64 {
+    logprob::fwd_workspace_bytes_upto(tokens, vocab).max(logprob::bwd_workspace_bytes_upto(tokens, hidden, vocab)) as u64
+}
+
+/// Per-token batch inputs on the device: token ids, positions, and the
+/// ones vector the bias GEMMs use.
+pub fn batch_inputs() -> Vec<TokenTensor> {
+    vec![TokenTensor::new("token id", U32, 1), TokenTensor::new("position", U32, 1), TokenTensor::new("ones (bias GEMMs)", F32, 1)]
+}
+
+/// The global gradient norm's scratch: one f32 Σg² per parameter tensor
+/// and the block partials of the largest.
+pub fn grad_norm_scratch_bytes(cfg: &ModelConfig) -> u64 {
+    let specs = param_specs(cfg);
+    let blocks = specs.iter().map(|(_, shape, _)| global_norm_blocks(shape.iter().product()) as u64).max().unwrap_or(1);
+    (specs.len() as u64 + blocks) * F32
 }
 
 /// One line of the plan.
@@ -255,8 +322,9 @@ pub struct MemoryPlan {
     pub materialized_logits_bytes: u64,
     /// What the fused loss allocates instead.
     pub fused_loss_bytes: u64,
-    /// `materialized_logits_bytes`: the fused loss needs the same per-token
-    /// buffers as a materialized loss would, and not the logits.
+    /// `materialized_logits_bytes` less the fused loss's workspace: the
+    /// fused loss needs the same per-token buffers as a materialized loss
+    /// would, and not the logits.
     pub fused_loss_saving_bytes: u64,
 }
 
@@ -276,6 +344,7 @@ pub mod names {
     pub const ADAM_M: &str = "AdamW m (fp32)";
     pub const ADAM_V: &str = "AdamW v (fp32)";
     pub const GRADS: &str = "fp32 gradients";
+    pub const NORM_SCRATCH: &str = "gradient-norm scratch";
     pub const SAVED: &str = "saved activations";
     pub const FINAL: &str = "final hidden state";
     pub const RECOMPUTE: &str = "recomputed layer";
@@ -287,11 +356,20 @@ pub mod names {
     pub const RESERVE: &str = "runtime reserve";
 }
 
-/// The plan of one training step of `cfg` (called `model` in reports).
+/// The plan of one training step of `cfg` (called `model` in reports),
+/// scoring its whole vocabulary.
 pub fn plan(cfg: &ModelConfig, model: &str, req: &PlanRequest) -> Result<MemoryPlan> {
+    plan_scored(cfg, cfg.vocab_size, model, req)
+}
+
+/// [`plan`] for a model that scores the first `scored_vocab` rows of its
+/// LM head (`Model::out_vocab`): what the GPU model backend allocates.
+pub fn plan_scored(cfg: &ModelConfig, scored_vocab: usize, model: &str, req: &PlanRequest) -> Result<MemoryPlan> {
     req.validate().with_context(|| format!("memory plan for {model}"))?;
-    let (h, v, layers) = (cfg.hidden_size as u64, cfg.vocab_size as u64, cfg.num_layers as u64);
+    let hdp = attention_head_dim(cfg).with_context(|| format!("memory plan for {model}"))?;
+    let (h, v, layers) = (cfg.hidden_size as u64, scored_vocab as u64, cfg.num_layers as u64);
     let p = cfg.num_params() as u64;
+    let matrices: u64 = param_specs(cfg).iter().filter(|s| s.2 == ParamKind::Matrix).map(|s| s.1.iter().product::<usize>() as u64).sum();
     let tokens = req.tokens();
     let chunk = req.chunk();
     let n = req.gpus as u64;
@@ -300,7 +378,7 @@ pub fn plan(cfg: &ModelConfig, model: &str, req: &PlanRequest) -> Result<MemoryP
     let mut c = vec![];
     let mut add = |name: &str, bytes: u64, what: String| c.push(Component { name: name.into(), bytes, what });
 
-    add(names::WEIGHTS, p * BF16, format!("{p} parameters × 2 B (every GPU holds all of them)"));
+    add(names::WEIGHTS, matrices * BF16, format!("the {matrices} parameters of the matrices × 2 B, the GEMM operands (every GPU holds all of them)"));
     let shard_note = if sharded { format!("⌈{p} / {n}⌉ parameters") } else { format!("{p} parameters") };
     add(names::MASTER, shard * F32, format!("{shard_note} × 4 B"));
     add(names::ADAM_M, shard * F32, format!("{shard_note} × 4 B"));
@@ -308,26 +386,28 @@ pub fn plan(cfg: &ModelConfig, model: &str, req: &PlanRequest) -> Result<MemoryP
     if sharded && req.zero_stage >= 2 {
         // The largest gradient produced at once: one layer's, or the
         // embedding / LM head's.
-        let embed = v * h;
+        let embed = cfg.vocab_size as u64 * h;
         let layer = (p - h - if cfg.tie_word_embeddings { embed } else { 2 * embed }) / layers;
         let staged = layer.max(embed);
         add(names::GRADS, (shard + staged) * F32, format!("{shard_note} + {staged} staged before each reduce-scatter, × 4 B"));
     } else {
         add(names::GRADS, p * F32, format!("{p} parameters × 4 B"));
     }
+    add(names::NORM_SCRATCH, grad_norm_scratch_bytes(cfg), "one f32 Σg² per parameter tensor + the largest one's block partials".into());
 
-    let saved = if req.recompute { saved_with_recompute(cfg) } else { saved_without_recompute(cfg) };
+    let saved = if req.recompute { saved_with_recompute(cfg) } else { saved_without_recompute(cfg, hdp) };
     let per_layer = bytes_per_token(&saved);
     add(
         names::SAVED,
         layers * tokens * per_layer,
         format!(
             "{layers} layers × {tokens} tokens × {per_layer} B ({})",
-            if req.recompute { "recompute: layer input + lse" } else { "every saved tensor" }
+            if req.recompute { "recompute: the layer input" } else { "every tensor of every layer" }
         ),
     );
-    add(names::FINAL, tokens * (2 * h * BF16 + F32), format!("{tokens} tokens × (last layer's output + final norm's output, bf16, + rstd)"));
-    let (att, mlp) = (bytes_per_token(&attention_side(cfg)), bytes_per_token(&mlp_side(cfg)));
+    let fin = bytes_per_token(&final_side(cfg));
+    add(names::FINAL, tokens * fin, format!("{tokens} tokens × {fin} B (last layer's output, final norm's output in fp32 and bf16, rstd)"));
+    let (att, mlp) = (bytes_per_token(&attention_side(cfg, hdp)), bytes_per_token(&mlp_side(cfg)));
     if req.recompute {
         add(
             names::RECOMPUTE,
@@ -337,21 +417,32 @@ pub fn plan(cfg: &ModelConfig, model: &str, req: &PlanRequest) -> Result<MemoryP
     } else {
         add(names::RECOMPUTE, 0, "none: every layer's tensors are saved".into());
     }
-    let (gatt, gmlp) = (bytes_per_token(&grad_attention_side(cfg)), bytes_per_token(&grad_mlp_side(cfg)));
+    let (gatt, gmlp) = (bytes_per_token(&grad_attention_side(cfg, hdp)), bytes_per_token(&grad_mlp_side(cfg)));
     add(
         names::GRAD_SCRATCH,
         tokens * gatt + chunk * gmlp,
         format!("one layer's activation gradients: {tokens} tokens × {gatt} B + {chunk} tokens × {gmlp} B (MLP chunk)"),
     );
-    add(names::FLASH, tokens * cfg.num_heads as u64 * F32, format!("D = rowsum(dO∘O): {tokens} tokens × {} heads × 4 B", cfg.num_heads));
+    let shape = AttnShape { heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, head_dim: hdp };
+    add(
+        names::FLASH,
+        flash_attn_bwd_workspace_bytes(tokens as usize, shape) as u64,
+        format!("D = rowsum(dO∘O): {tokens} tokens × {} heads × 4 B", cfg.num_heads),
+    );
     let loss_per_token = bytes_per_token(&fused_loss_buffers());
-    let fused_loss_bytes = tokens * loss_per_token;
-    add(names::LOSS, fused_loss_bytes, format!("{tokens} tokens × {loss_per_token} B (never [tokens, vocab])"));
+    let loss_ws = fused_loss_workspace_bytes(tokens as usize, cfg.hidden_size, scored_vocab);
+    let fused_loss_bytes = tokens * loss_per_token + loss_ws;
+    add(names::LOSS, fused_loss_bytes, format!("{tokens} tokens × {loss_per_token} B + a {loss_ws} B workspace (never [tokens, vocab])"));
+    let per_input = bytes_per_token(&batch_inputs());
     let rope = req.seq_len as u64 * (cfg.head_dim as u64 / 2) * 2 * F32;
     add(
         names::INPUTS,
-        tokens * 5 * 4 + (req.batch as u64 + 1) * 4 + rope,
-        format!("ids, positions, old log-probs, advantages, mask (4 B each per token), cu_seqlens, cos/sin [{}, {}] f32", req.seq_len, cfg.head_dim / 2),
+        tokens * per_input + (tokens + 1) * U32 + rope,
+        format!(
+            "ids, positions, ones ({per_input} B per token), cu_seqlens (room for a sequence per token), cos/sin [{}, {}] f32",
+            req.seq_len,
+            cfg.head_dim / 2
+        ),
     );
     if req.kv_cache_tokens > 0 {
         let kv = req.kv_cache_tokens as u64;
@@ -371,7 +462,7 @@ pub fn plan(cfg: &ModelConfig, model: &str, req: &PlanRequest) -> Result<MemoryP
         fits: total_bytes <= req.gpu_memory_bytes,
         materialized_logits_bytes,
         fused_loss_bytes,
-        fused_loss_saving_bytes: materialized_logits_bytes,
+        fused_loss_saving_bytes: materialized_logits_bytes.saturating_sub(loss_ws),
     })
 }
 
@@ -420,7 +511,7 @@ pub fn render_table(plan: &MemoryPlan) -> String {
         s += &format!("fits in {cap:.0} GiB: no ({:.2} GiB over)\n", gib(plan.total_bytes - r.gpu_memory_bytes));
     }
     s += &format!(
-        "fused log-prob/entropy loss: {:.2} MiB of per-token buffers; materialized f32 logits and their gradient would add {:.2} GiB ({} tokens × {} vocab × 4 B × 2): saving {:.2} GiB\n",
+        "fused log-prob/entropy loss: {:.2} MiB of per-token buffers and workspace; materialized f32 logits and their gradient would add {:.2} GiB ({} tokens × {} vocab × 4 B × 2): saving {:.2} GiB\n",
         plan.fused_loss_bytes as f64 / (1u64 << 20) as f64,
         gib(plan.materialized_logits_bytes),
         plan.tokens,
@@ -449,49 +540,64 @@ mod tests {
     fn a_hand_computed_tiny_plan() {
         let cfg = toy();
         // Per layer: q 4·4 + k,v 2·(4·2) + o 4·4 + bias 4+2+2 + MLP 3·4·8 + norms 2·4 = 160;
-        // embedding 40, final norm 4: 364.
+        // embedding 40, final norm 4: 364, of which matrices 40 + 2·144 = 328.
         assert_eq!(cfg.num_params(), 364);
-        let mut req = PlanRequest::new(3);
-        req.batch = 2; // 6 tokens
-        req.chunk_tokens = 4;
+        // Head dim 2 runs padded to 64.
+        assert_eq!(attention_head_dim(&cfg).unwrap(), 64);
+        assert_eq!(global_norm_blocks(40), 1);
+        let mut req = PlanRequest::new(8);
+        req.batch = 2; // 16 tokens
+        req.chunk_tokens = 8; // two chunks
         let p = plan(&cfg, "toy", &req).unwrap();
-        assert_eq!(p.tokens, 6);
+        assert_eq!(p.tokens, 16);
+        let ws = fused_loss_workspace_bytes(16, 4, 10);
+        assert!(ws > 0);
         let want: &[(&str, u64)] = &[
-            (names::WEIGHTS, 728),
+            (names::WEIGHTS, 656),
             (names::MASTER, 1456),
             (names::ADAM_M, 1456),
             (names::ADAM_V, 1456),
             (names::GRADS, 1456),
-            // 2 layers × 6 tokens × (x 4·2 + lse 2·4)
-            (names::SAVED, 192),
-            // 6 × (2 · 4·2 + 4)
-            (names::FINAL, 120),
-            // attention side 4 + 8 + q 8 + k 4 + v 4 + o 8 = 36, × 6 tokens;
-            // MLP side 8 + 4 + 8 + 3·16 = 68, × 4 tokens (the chunk)
-            (names::RECOMPUTE, 216 + 272),
-            // 16 + 16 + 8 + dO 8 + dqkv 8·4 + 8·2 = 96, × 6; MLP 3·32 + 2·16 = 128, × 4
-            (names::GRAD_SCRATCH, 576 + 512),
-            // 6 tokens × 2 heads × 4
-            (names::FLASH, 48),
-            // 6 × 5 × 4
-            (names::LOSS, 120),
-            // 6 × 20 + cu_seqlens 3 × 4 + cos/sin 3 × 1 × 2 × 4
-            (names::INPUTS, 156),
+            // 26 tensors' Σg² + 1 block partial
+            (names::NORM_SCRATCH, 108),
+            // 2 layers × 16 tokens × x (4 f32)
+            (names::SAVED, 512),
+            // 16 × (16 + 16 + 8 + 4)
+            (names::FINAL, 704),
+            // attention side: rstd 4, xn1 16 + 8, q/k/v f32 32, bf16 at head
+            // dim 64 (2+1+1)·64·2 = 512, output 256, lse 8, unpadded output
+            // 8 = 844, × 16 tokens; MLP side: x_mid 16, rstd 4, xn2 16 + 8,
+            // gate/up/act 96, act bf16 16 = 156, × 8 tokens (the chunk)
+            (names::RECOMPUTE, 16 * 844 + 8 * 156),
+            // 16 + 16 + 8 + dqkv 32 + 16 + dO 256 + padded dqkv 4·64·4 = 1368, × 16;
+            // MLP 2·8·4 + 2·8·2 = 96, × 8
+            (names::GRAD_SCRATCH, 16 * 1368 + 8 * 96),
+            // 16 tokens × 2 heads × 4
+            (names::FLASH, 128),
+            // 16 × 24 + the workspace
+            (names::LOSS, 384 + ws),
+            // 16 × 12 + cu_seqlens 17 × 4 + cos/sin 8 × 1 × 2 × 4
+            (names::INPUTS, 324),
             (names::RESERVE, 1 << 30),
         ];
         let got: Vec<(&str, u64)> = p.components.iter().map(|c| (c.name.as_str(), c.bytes)).collect();
         assert_eq!(got, want);
         assert_eq!(p.total_bytes, want.iter().map(|w| w.1).sum::<u64>());
-        assert_eq!(p.materialized_logits_bytes, 6 * 10 * 8);
+        assert_eq!(p.materialized_logits_bytes, 16 * 10 * 8);
+        assert_eq!(p.fused_loss_saving_bytes, 16 * 10 * 8 - ws);
         assert!(p.fits);
-        // Without recomputation: every tensor, 16 + 36 + 68 = 120 B per token per layer.
+        // Without recomputation: every tensor, 16 + 844 + 156 B per token per layer.
         req.recompute = false;
         let q = plan(&cfg, "toy", &req).unwrap();
-        assert_eq!(q.bytes(names::SAVED), 2 * 6 * 120);
+        assert_eq!(q.bytes(names::SAVED), 2 * 16 * 1016);
         assert_eq!(q.bytes(names::RECOMPUTE), 0);
         // A KV cache of 5 tokens: 5 × 2 layers × 2 × 2 × 2 B.
         req.kv_cache_tokens = 5;
         assert_eq!(plan(&cfg, "toy", &req).unwrap().bytes(names::KV_CACHE), 80);
+        // The whole micro-batch as one chunk.
+        req.chunk_tokens = 0;
+        req.recompute = true;
+        assert_eq!(plan(&cfg, "toy", &req).unwrap().bytes(names::RECOMPUTE), 16 * (844 + 156));
     }
 
     #[test]
@@ -504,7 +610,7 @@ mod tests {
         assert!(on.bytes(names::SAVED) * 10 < off.bytes(names::SAVED));
         assert!(on.total_bytes < off.total_bytes);
         // The per-layer saving is what a layer keeps beyond its input and lse.
-        let per = bytes_per_token(&saved_without_recompute(&cfg)) - bytes_per_token(&saved_with_recompute(&cfg));
+        let per = bytes_per_token(&saved_without_recompute(&cfg, 128)) - bytes_per_token(&saved_with_recompute(&cfg));
         assert_eq!(off.bytes(names::SAVED) - on.bytes(names::SAVED), 28 * 131072 * per);
     }
 
@@ -516,13 +622,16 @@ mod tests {
             req.batch = batch;
             let p = plan(&cfg, "7b", &req).unwrap();
             let t = (seq * batch) as u64;
-            assert_eq!(p.fused_loss_saving_bytes, t * 152064 * 8);
-            assert_eq!(p.bytes(names::LOSS), t * 20);
-            assert!(p.fused_loss_bytes * 1000 < p.fused_loss_saving_bytes);
+            let ws = fused_loss_workspace_bytes(seq * batch, 3584, 152064);
+            assert_eq!(p.materialized_logits_bytes, t * 152064 * 8);
+            assert_eq!(p.fused_loss_saving_bytes, t * 152064 * 8 - ws);
+            assert_eq!(p.bytes(names::LOSS), t * 24 + ws);
+            assert!(p.fused_loss_bytes * 50 < p.fused_loss_saving_bytes);
         }
-        // 131072 × 152064 × 8 B is 148.5 GiB.
+        // 131072 × 152064 × 8 B is 148.5 GiB; the workspace takes back a few MiB.
         let p = plan(&cfg, "7b", &PlanRequest::new(131072)).unwrap();
-        assert!((gib(p.fused_loss_saving_bytes) - 148.5).abs() < 0.01);
+        assert!((gib(p.materialized_logits_bytes) - 148.5).abs() < 0.01);
+        assert!(gib(p.fused_loss_saving_bytes) > 148.0);
     }
 
     #[test]
@@ -582,6 +691,7 @@ mod tests {
             (Box::new(|r: &mut PlanRequest| r.seq_len = 0), "sequence length"),
             (Box::new(|r: &mut PlanRequest| r.batch = 0), "batch"),
             (Box::new(|r: &mut PlanRequest| r.zero_stage = 3), "ZeRO stage 3"),
+            (Box::new(|r: &mut PlanRequest| r.chunk_tokens = 12), "multiple of 8"),
         ] {
             let mut r = PlanRequest::new(16);
             edit(&mut r);
@@ -591,13 +701,26 @@ mod tests {
     }
 
     #[test]
+    fn head_dims_without_a_kernel_are_refused() {
+        let mut cfg = toy();
+        cfg.head_dim = 96;
+        let err = format!("{:#}", plan(&cfg, "toy", &PlanRequest::new(16)).unwrap_err());
+        assert!(err.contains("96") && err.contains("toy"), "{err}");
+        cfg.head_dim = 3;
+        assert!(attention_head_dim(&cfg).unwrap_err().to_string().contains("odd"));
+        cfg.head_dim = 128;
+        assert_eq!(attention_head_dim(&cfg).unwrap(), 128);
+    }
+
+    #[test]
     fn the_table_names_every_component_and_the_saving() {
         let p = plan(&preset("qwen2.5-7b").unwrap(), "qwen2.5-7b", &PlanRequest::new(131072)).unwrap();
         let t = render_table(&p);
         for c in &p.components {
             assert!(t.contains(&c.name), "{t}");
         }
-        assert!(t.contains("total") && t.contains("fits in 80 GiB: no") && t.contains("saving 148.50 GiB"), "{t}");
+        assert!(t.contains("total") && t.contains("fits in 80 GiB: no") && t.contains("would add 148.50 GiB"), "{t}");
+        assert!(t.contains(&format!("saving {:.2} GiB", gib(p.fused_loss_saving_bytes))), "{t}");
         assert_eq!(grouped(1234567), "1,234,567");
         assert_eq!(grouped(12), "12");
     }

@@ -4,9 +4,11 @@
 //!
 //! Owns: the parameters on the device (fp32 master, a bf16 copy of every
 //! matrix for the GEMMs, fp32 gradients, AdamW's m and v), the activation
-//! buffers (allocated once for a token capacity, grown only when a larger
-//! batch arrives), the order of the ops per layer, recomputation, and the
-//! ledger of bytes per component. Does not own the math of any op (each
+//! buffers, the order of the ops per layer, recomputation, the MLP's token
+//! chunks, and the ledger of bytes per component. Everything is allocated
+//! once, in `GpuModel::new`, for a `Capacity` (the most tokens of a
+//! micro-batch): exactly the buffers of `memory_plan` under its component
+//! names, so the plan `appliance plan` prints is what a run holds. Does not own the math of any op (each
 //! kernel equals its CPU reference, `backend::gpu::checks`), the loss
 //! (callers turn log-probs into d/d log-prob and d/d entropy, as on the CPU),
 //! or the optimizer's schedule and clipping (`train::optimizer`).
@@ -28,14 +30,20 @@
 //! - Recomputation: with `recompute`, one set of layer buffers is shared and
 //!   each layer's forward is rerun from its saved input before its backward;
 //!   otherwise every layer keeps its own set.
+//! - Chunks: o_proj's residual and the MLP run over `chunk_tokens` tokens at
+//!   a time, forward and backward. With recomputation their buffers hold one
+//!   chunk (the MLP's gate/up/act are most of a layer's bytes: 3 × 4.3 × the
+//!   hidden size per token for Qwen2.5), and each chunk's forward is rerun
+//!   just before its backward; without it the layer's buffers are whole and
+//!   the chunks are windows into them.
 //! - Qwen3's q/k norm is not wired yet: such a config is refused.
 
 use super::config::ModelConfig;
+use super::memory_plan::{self, names, PlanRequest};
 use super::qwen2::{Batch, Model};
 use super::weights::{param_specs, ParamKind, Weights};
 use crate::backend::cpu::attention::AttnShape;
 use crate::backend::cpu::logprob::TokenLogprobs;
-use crate::backend::cpu::rope::RopeTable;
 use crate::backend::gpu;
 use crate::backend::gpu::flash_attn::{cu_seqlens, flash_attn_fwd};
 use crate::backend::gpu::flash_attn_bwd::{flash_attn_bwd, flash_attn_bwd_workspace_bytes};
@@ -108,8 +116,6 @@ struct Slot {
 /// Buffers of one step that are not per layer.
 #[derive(Clone, Debug)]
 struct StepBuffers {
-    /// Token capacity these were sized for.
-    cap: usize,
     ids: DevicePtr,
     pos: DevicePtr,
     targets: DevicePtr,
@@ -146,9 +152,8 @@ struct StepBuffers {
     dvp: DevicePtr,
     dout_b: DevicePtr,
     ws_attn: DevicePtr,
-    ws_lp_fwd: DevicePtr,
-    ws_lp_bwd: DevicePtr,
-    all: Vec<DevicePtr>,
+    /// The fused loss's workspace (its forward's and its backward's).
+    ws_lp: DevicePtr,
 }
 
 /// What the last forward left for the backward.
@@ -184,22 +189,58 @@ struct LayerCtx {
     scale: f32,
 }
 
-/// Bytes the model holds on its device, by component.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What a `GpuModel` allocates its activations for, once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// The most tokens of a micro-batch, and so of one sequence (the RoPE
+    /// table's rows).
+    pub tokens: usize,
+    /// Tokens per chunk of o_proj's residual and the MLP (0: the whole
+    /// micro-batch); a multiple of 8.
+    pub chunk_tokens: usize,
+}
+
+impl Capacity {
+    /// The plan's default chunk, 8192 tokens.
+    pub fn new(tokens: usize) -> Self {
+        Capacity { tokens, chunk_tokens: 8192 }
+    }
+
+    /// Tokens of one chunk of the post-attention work.
+    pub fn chunk(&self) -> usize {
+        if self.chunk_tokens == 0 { self.tokens } else { self.chunk_tokens.min(self.tokens) }
+    }
+
+    /// The memory plan's request for this capacity on one GPU: one
+    /// sequence of `tokens` (the longest a micro-batch can hold).
+    pub fn plan_request(&self, recompute: bool) -> PlanRequest {
+        PlanRequest { batch: 1, gpus: 1, recompute, chunk_tokens: self.chunk_tokens, kv_cache_tokens: 0, ..PlanRequest::new(self.tokens) }
+    }
+}
+
+/// Bytes the model holds on its device, by the memory plan's component
+/// names (`memory_plan::names`), in the order allocated.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceMemory {
-    pub master_weights: usize,
-    pub bf16_weights: usize,
-    pub gradients: usize,
-    /// AdamW's m and v (once a step has been taken on the device).
-    pub optimizer: usize,
-    /// Activations and scratch for `capacity_tokens` tokens.
-    pub activations: usize,
-    pub capacity_tokens: usize,
+    pub components: Vec<(&'static str, usize)>,
+    pub capacity: Capacity,
 }
 
 impl DeviceMemory {
+    fn add(&mut self, name: &'static str, bytes: usize) {
+        match self.components.iter_mut().find(|c| c.0 == name) {
+            Some(c) => c.1 += bytes,
+            None => self.components.push((name, bytes)),
+        }
+    }
+
+    /// Bytes under one component name (0 when none).
+    pub fn bytes(&self, name: &str) -> usize {
+        self.components.iter().find(|c| c.0 == name).map_or(0, |c| c.1)
+    }
+
     pub fn total(&self) -> usize {
-        self.master_weights + self.bf16_weights + self.gradients + self.optimizer + self.activations
+        self.components.iter().map(|c| c.1).sum()
     }
 }
 
@@ -216,50 +257,61 @@ pub struct GpuModel {
     layers: Vec<LayerParams>,
     final_norm: usize,
     lm_head: Option<usize>,
-    rope: RopeTable,
-    rope_dev: Option<(DevicePtr, DevicePtr, usize)>,
-    buf: Option<StepBuffers>,
+    /// RoPE cos and sin, `capacity.tokens` positions.
+    rope_dev: (DevicePtr, DevicePtr),
+    buf: StepBuffers,
     state: Option<StepState>,
     memory: DeviceMemory,
     /// `Model::weights_version` of the weights on the device.
     weights_version: Option<u64>,
-    /// AdamW's state once a device optimizer step has run.
-    moments: Option<DeviceMoments>,
-    /// Per-parameter Σ g², the global norm's block partials, and their capacity.
-    norm_scratch: Option<(DevicePtr, DevicePtr, usize)>,
+    /// AdamW's m and v, one pair per parameter.
+    moments: Vec<(DevicePtr, DevicePtr)>,
+    /// The host optimizer state (id, steps taken) the device's m and v
+    /// continue; None until a device step has run.
+    moments_of: Option<(u64, u64)>,
+    /// Per-parameter Σ g² and the global norm's block partials.
+    norm_scratch: (DevicePtr, DevicePtr),
 }
 
 impl GpuModel {
-    /// Upload `model` (weights, RoPE table, settings) to `dev`.
-    pub fn new(mut dev: Box<dyn Device + Send>, model: &Model) -> Result<Self> {
+    /// Upload `model` (weights, RoPE table, settings) to `dev` and allocate
+    /// everything a training step needs for micro-batches of up to
+    /// `capacity.tokens` tokens: the memory plan's buffers, once.
+    pub fn new(mut dev: Box<dyn Device + Send>, model: &Model, capacity: Capacity) -> Result<Self> {
         let cfg = model.cfg.clone();
         if cfg.qk_norm {
             bail!("the GPU model backend does not run q/k norm (Qwen3) yet; use backend = \"cpu\"");
         }
-        let hd_pad = match cfg.head_dim {
-            d if d % 2 == 1 => bail!("head_dim {d} is odd; RoPE needs pairs"),
-            d if d <= 64 => 64,
-            128 => 128,
-            d => bail!("the GPU attention kernels run head dims up to 64 (padded) and 128; this model has {d}"),
-        };
+        let hd_pad = memory_plan::attention_head_dim(&cfg)?;
         ensure!(cfg.hidden_size % 8 == 0, "the fused LM-head kernels need hidden_size ({}) to be a multiple of 8", cfg.hidden_size);
+        ensure!(capacity.tokens >= 1, "the GPU trainer's capacity must be at least 1 token");
+        ensure!(capacity.chunk_tokens % 8 == 0, "the MLP chunk ({} tokens) must be a multiple of 8 (0: the whole micro-batch)", capacity.chunk_tokens);
+        let mut memory = DeviceMemory { components: vec![], capacity };
         let specs = param_specs(&cfg);
-        let mut memory = DeviceMemory::default();
         let mut params = Vec::with_capacity(specs.len());
+        let mut moments = Vec::with_capacity(specs.len());
         for (_, shape, kind) in &specs {
             let len: usize = shape.iter().product();
-            let master = dev.alloc(len * F32)?;
             let half = if *kind == ParamKind::Matrix {
-                memory.bf16_weights += len * BF16;
+                memory.add(names::WEIGHTS, len * BF16);
                 Some(dev.alloc(len * BF16)?)
             } else {
                 None
             };
+            memory.add(names::MASTER, len * F32);
+            let master = dev.alloc(len * F32)?;
+            memory.add(names::GRADS, len * F32);
             let grad = dev.zeros(len * F32)?;
-            memory.master_weights += len * F32;
-            memory.gradients += len * F32;
             params.push(Param { len, master, half, grad });
         }
+        for p in &params {
+            memory.add(names::ADAM_M, p.len * F32);
+            memory.add(names::ADAM_V, p.len * F32);
+            moments.push((dev.zeros(p.len * F32)?, dev.zeros(p.len * F32)?));
+        }
+        let max_blocks = params.iter().map(|p| gpu::global_norm_blocks(p.len) as usize).max().unwrap_or(1);
+        memory.add(names::NORM_SCRATCH, (params.len() + max_blocks) * F32);
+        let norm_scratch = (dev.zeros(params.len() * F32)?, dev.zeros(max_blocks * F32)?);
         // Indices in param_specs order (as Weights::build walks them).
         let mut next = 0usize;
         let mut take = || {
@@ -282,9 +334,18 @@ impl GpuModel {
         let final_norm = take();
         let lm_head = (!cfg.tie_word_embeddings).then(&mut take);
         ensure!(next == params.len(), "parameter layout mismatch: {next} walked, {} allocated", params.len());
+        let out_vocab = model.out_vocab();
+        let buf = allocate_step_buffers(dev.as_mut(), &mut memory, &cfg, hd_pad, out_vocab, model.recompute, capacity)
+            .with_context(|| format!("allocating the activations for {} tokens", capacity.tokens))?;
+        // The RoPE table for every position a micro-batch can hold.
+        let mut rope = model.rope.clone();
+        rope.ensure(capacity.tokens);
+        let rows = capacity.tokens * (cfg.head_dim / 2);
+        memory.add(names::INPUTS, 2 * rows * F32);
+        let rope_dev = (dev.upload_f32(&rope.cos[..rows])?, dev.upload_f32(&rope.sin[..rows])?);
         let mut g = GpuModel {
             dev,
-            out_vocab: model.out_vocab(),
+            out_vocab,
             hd_pad,
             recompute: model.recompute,
             params,
@@ -292,14 +353,14 @@ impl GpuModel {
             layers,
             final_norm,
             lm_head,
-            rope: model.rope.clone(),
-            rope_dev: None,
-            buf: None,
+            rope_dev,
+            buf,
             state: None,
             memory,
             weights_version: None,
-            moments: None,
-            norm_scratch: None,
+            moments,
+            moments_of: None,
+            norm_scratch,
             cfg,
         };
         g.upload_weights(&model.weights).context("uploading the weights")?;
@@ -329,141 +390,6 @@ impl GpuModel {
     // Buffers
     // ----------------------------------------------------------------------
 
-    /// Size the step buffers for `n` tokens (kept when large enough).
-    fn ensure_capacity(&mut self, n: usize) -> Result<()> {
-        if self.buf.as_ref().is_some_and(|b| b.cap >= n) {
-            return Ok(());
-        }
-        if let Some(old) = self.buf.take() {
-            for p in old.all {
-                self.dev.free(p)?;
-            }
-            self.memory.activations = 0;
-        }
-        let cap = n.max(16).next_power_of_two();
-        let c = &self.cfg;
-        let (h, i, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
-        let (heads, kvh, hdp, v) = (c.num_heads, c.num_kv_heads, self.hd_pad, self.out_vocab);
-        let padded = hdp != c.head_dim;
-        let dev = self.dev.as_mut();
-        let mut all = vec![];
-        let mut bytes = 0usize;
-        let mut a = |n_bytes: usize| -> Result<DevicePtr> {
-            // 256-byte granularity keeps every buffer 16-byte aligned on the
-            // simulated device too (cuMemAlloc aligns to 256 already).
-            let p = dev.alloc(n_bytes.max(1).next_multiple_of(256))?;
-            all.push(p);
-            bytes += n_bytes;
-            Ok(p)
-        };
-        let ids = a(cap * 4)?;
-        let pos = a(cap * 4)?;
-        let targets = a(cap * 4)?;
-        let cu = a((cap + 1) * 4)?;
-        let ones = a(cap * F32)?;
-        let xs = (0..=c.num_layers).map(|_| a(cap * h * F32)).collect::<Result<Vec<_>>>()?;
-        let n_slots = if self.recompute { 1 } else { c.num_layers.max(1) };
-        let mut slots = vec![];
-        for _ in 0..n_slots {
-            let out_b = a(cap * heads * hdp * BF16)?;
-            slots.push(Slot {
-                rstd1: a(cap * F32)?,
-                xn1: a(cap * h * F32)?,
-                xn1_b: a(cap * h * BF16)?,
-                q: a(cap * qd * F32)?,
-                k: a(cap * kvd * F32)?,
-                v: a(cap * kvd * F32)?,
-                q_b: a(cap * heads * hdp * BF16)?,
-                k_b: a(cap * kvh * hdp * BF16)?,
-                v_b: a(cap * kvh * hdp * BF16)?,
-                out_b,
-                lse: a(cap * heads * F32)?,
-                attn_b: if padded { a(cap * qd * BF16)? } else { out_b },
-                x_mid: a(cap * h * F32)?,
-                rstd2: a(cap * F32)?,
-                xn2: a(cap * h * F32)?,
-                xn2_b: a(cap * h * BF16)?,
-                gate: a(cap * i * F32)?,
-                up: a(cap * i * F32)?,
-                act: a(cap * i * F32)?,
-                act_b: a(cap * i * BF16)?,
-            });
-        }
-        let dq = a(cap * qd * F32)?;
-        let dk = a(cap * kvd * F32)?;
-        let dv = a(cap * kvd * F32)?;
-        let (dqp, dkp, dvp) = if padded {
-            (a(cap * heads * hdp * F32)?, a(cap * kvh * hdp * F32)?, a(cap * kvh * hdp * F32)?)
-        } else {
-            (dq, dk, dv)
-        };
-        let shape = AttnShape { heads, kv_heads: kvh, head_dim: hdp };
-        let mut b = StepBuffers {
-            cap,
-            ids,
-            pos,
-            targets,
-            cu_seqlens: cu,
-            ones,
-            xs,
-            slots,
-            final_rstd: a(cap * F32)?,
-            hidden: a(cap * h * F32)?,
-            hidden_b: a(cap * h * BF16)?,
-            logprob: a(cap * F32)?,
-            entropy: a(cap * F32)?,
-            lse_vocab: a(cap * F32)?,
-            dlogprob: a(cap * F32)?,
-            dentropy: a(cap * F32)?,
-            dx: a(cap * h * F32)?,
-            dh: a(cap * h * F32)?,
-            dh_b: a(cap * h * BF16)?,
-            di1: a(cap * i * F32)?,
-            di2: a(cap * i * F32)?,
-            di1_b: a(cap * i * BF16)?,
-            di2_b: a(cap * i * BF16)?,
-            dq,
-            dk,
-            dv,
-            dq_b: a(cap * qd * BF16)?,
-            dk_b: a(cap * kvd * BF16)?,
-            dv_b: a(cap * kvd * BF16)?,
-            dqp,
-            dkp,
-            dvp,
-            dout_b: a(cap * heads * hdp * BF16)?,
-            ws_attn: a(flash_attn_bwd_workspace_bytes(cap, shape))?,
-            // Sized for every batch up to the capacity: the kernels split
-            // the vocabulary more finely for fewer rows.
-            ws_lp_fwd: a(lp_kernels::fwd_workspace_bytes_upto(cap, v))?,
-            ws_lp_bwd: a(lp_kernels::bwd_workspace_bytes_upto(cap, h, v).max(8))?,
-            all: vec![],
-        };
-        b.all = all;
-        self.dev.write_f32(b.ones, &vec![1.0; cap])?;
-        self.memory.activations = bytes;
-        self.memory.capacity_tokens = cap;
-        self.buf = Some(b);
-        Ok(())
-    }
-
-    /// Upload the RoPE table when it has grown past what the device holds.
-    fn ensure_rope(&mut self, max_pos: usize) -> Result<()> {
-        self.rope.ensure(max_pos + 1);
-        let have = self.rope_dev.map_or(0, |r| r.2);
-        if have >= self.rope.positions() {
-            return Ok(());
-        }
-        if let Some((c, s, _)) = self.rope_dev.take() {
-            self.dev.free(c)?;
-            self.dev.free(s)?;
-        }
-        let c = self.dev.upload_f32(&self.rope.cos)?;
-        let s = self.dev.upload_f32(&self.rope.sin)?;
-        self.rope_dev = Some((c, s, self.rope.positions()));
-        Ok(())
-    }
-
     // ----------------------------------------------------------------------
     // GEMM helpers: every matrix row-major, bf16 operands, fp32 accumulation.
     // ----------------------------------------------------------------------
@@ -475,7 +401,7 @@ impl GpuModel {
         let g = Gemm::new(n, out, inp).trans_b(true).types(Dtype::Bf16, Dtype::F32).scale(1.0, beta);
         self.dev.gemm(&g, y, x_b, wp.half())?;
         if let Some(b) = bias {
-            let ones = self.buf.as_ref().expect("buffers").ones;
+            let ones = self.buf.ones;
             let g = Gemm::new(n, out, 1).scale(1.0, 1.0);
             self.dev.gemm(&g, y, ones, self.params[b].master)?;
         }
@@ -492,7 +418,7 @@ impl GpuModel {
         let g = Gemm::new(out, inp, n).trans_a(true).types(Dtype::Bf16, Dtype::F32).scale(1.0, 1.0);
         self.dev.gemm(&g, wp.grad, dy_b, x_b)?;
         if let Some(b) = bias {
-            let ones = self.buf.as_ref().expect("buffers").ones;
+            let ones = self.buf.ones;
             let g = Gemm::new(1, out, n).trans_a(true).scale(1.0, 1.0);
             self.dev.gemm(&g, self.params[b].grad, ones, dy)?;
         }
@@ -507,9 +433,9 @@ impl GpuModel {
     /// the layer's slot and weights, the sizes and the RoPE table.
     fn layer_ctx(&self, l: usize) -> LayerCtx {
         let st = self.state.clone().expect("forward state");
-        let b = self.buf.clone().expect("buffers");
+        let b = self.buf.clone();
         let c = &self.cfg;
-        let (cos, sin, _) = self.rope_dev.expect("rope table");
+        let (cos, sin) = self.rope_dev;
         LayerCtx {
             a: b.slots[if self.recompute { 0 } else { l }],
             w: self.layers[l],
@@ -532,11 +458,19 @@ impl GpuModel {
         }
     }
 
-    /// One layer's forward from `xs[l]`; writes `xs[l + 1]` when `output`.
-    fn layer_fwd(&mut self, l: usize, output: bool) -> Result<()> {
-        let LayerCtx { st, b, a, w, n, h, i, qd, kvd, hd, hdp, heads, kvh, eps, cos, sin, shape, scale } = self.layer_ctx(l);
-        let dev = self.dev.as_mut();
+    /// The token chunks of the post-attention work over `n` tokens: (first
+    /// token, tokens), and where the chunk's rows start in the slot's MLP
+    /// buffers (0 when they hold one chunk, under recomputation).
+    fn chunks(&self, n: usize) -> Vec<(usize, usize, usize)> {
+        let chunk = self.memory.capacity.chunk();
+        (0..n).step_by(chunk).map(|s| (s, chunk.min(n - s), if self.recompute { 0 } else { s })).collect()
+    }
 
+    /// Layer `l`'s attention half of the forward from `xs[l]`: the input
+    /// norm, q/k/v with RoPE, flash attention.
+    fn attention_fwd(&mut self, l: usize) -> Result<()> {
+        let LayerCtx { st, b, a, w, n, h, qd, kvd, hd, hdp, heads, kvh, eps, cos, sin, shape, scale, .. } = self.layer_ctx(l);
+        let dev = self.dev.as_mut();
         gpu::rmsnorm_fwd(dev, a.xn1, a.rstd1, None, b.xs[l], None, self.params[w.input_norm].master, n, h, eps)?;
         gpu::f32_to_bf16(dev, a.xn1_b, a.xn1, n * h)?;
         self.linear_fwd(a.q, a.xn1_b, w.q, w.q_bias, n, h, qd, 0.0)?;
@@ -552,22 +486,32 @@ impl GpuModel {
         if a.attn_b != a.out_b {
             gpu::unpad_heads_bf16(dev, a.attn_b, a.out_b, n * heads, hd, hdp)?;
         }
-        // x_mid = x + attn · Woᵀ
-        dev.copy_d2d(a.x_mid, b.xs[l], n * h * F32)?;
-        self.linear_fwd(a.x_mid, a.attn_b, w.o, None, n, qd, h, 1.0)?;
+        Ok(())
+    }
 
+    /// Layer `l`'s post-attention forward over tokens `s..s + len` (rows
+    /// from `off` in the slot's MLP buffers): o_proj's residual, the second
+    /// norm, the SwiGLU MLP; writes those rows of `xs[l + 1]` when `output`.
+    fn mlp_fwd(&mut self, l: usize, (s, len, off): (usize, usize, usize), output: bool) -> Result<()> {
+        let LayerCtx { b, a, w, h, i, qd, eps, .. } = self.layer_ctx(l);
+        let (x_mid, xn2, xn2_b) = (a.x_mid.offset(off * h * F32), a.xn2.offset(off * h * F32), a.xn2_b.offset(off * h * BF16));
+        let (gate, up, act, act_b) = (a.gate.offset(off * i * F32), a.up.offset(off * i * F32), a.act.offset(off * i * F32), a.act_b.offset(off * i * BF16));
+        // x_mid = x + attn · Woᵀ
+        self.dev.copy_d2d(x_mid, b.xs[l].offset(s * h * F32), len * h * F32)?;
+        self.linear_fwd(x_mid, a.attn_b.offset(s * qd * BF16), w.o, None, len, qd, h, 1.0)?;
         let dev = self.dev.as_mut();
-        gpu::rmsnorm_fwd(dev, a.xn2, a.rstd2, None, a.x_mid, None, self.params[w.post_norm].master, n, h, eps)?;
-        gpu::f32_to_bf16(dev, a.xn2_b, a.xn2, n * h)?;
-        self.linear_fwd(a.gate, a.xn2_b, w.gate, None, n, h, i, 0.0)?;
-        self.linear_fwd(a.up, a.xn2_b, w.up, None, n, h, i, 0.0)?;
+        gpu::rmsnorm_fwd(dev, xn2, a.rstd2.offset(off * F32), None, x_mid, None, self.params[w.post_norm].master, len, h, eps)?;
+        gpu::f32_to_bf16(dev, xn2_b, xn2, len * h)?;
+        self.linear_fwd(gate, xn2_b, w.gate, None, len, h, i, 0.0)?;
+        self.linear_fwd(up, xn2_b, w.up, None, len, h, i, 0.0)?;
         let dev = self.dev.as_mut();
-        gpu::swiglu_fwd(dev, a.act, a.gate, a.up, n * i)?;
-        gpu::f32_to_bf16(dev, a.act_b, a.act, n * i)?;
+        gpu::swiglu_fwd(dev, act, gate, up, len * i)?;
+        gpu::f32_to_bf16(dev, act_b, act, len * i)?;
         if output {
             // x_{l+1} = x_mid + act · Wdᵀ
-            dev.copy_d2d(b.xs[l + 1], a.x_mid, n * h * F32)?;
-            self.linear_fwd(b.xs[l + 1], a.act_b, w.down, None, n, i, h, 1.0)?;
+            let out = b.xs[l + 1].offset(s * h * F32);
+            dev.copy_d2d(out, x_mid, len * h * F32)?;
+            self.linear_fwd(out, act_b, w.down, None, len, i, h, 1.0)?;
         }
         Ok(())
     }
@@ -587,9 +531,10 @@ impl GpuModel {
             "batch: sequences must tile the tokens in order"
         );
         let max_pos = batch.pos.iter().copied().max().unwrap_or(0) as usize;
-        self.ensure_capacity(n)?;
-        self.ensure_rope(max_pos)?;
-        let b = self.buf.clone().expect("buffers");
+        let cap = self.memory.capacity.tokens;
+        ensure!(n <= cap, "a micro-batch of {n} tokens is larger than the GPU trainer's capacity of {cap} tokens (its buffers are allocated once, for the largest micro-batch the config allows)");
+        ensure!(max_pos < cap, "position {max_pos} is past the GPU trainer's RoPE table of {cap} positions (its capacity)");
+        let b = self.buf.clone();
         let dev = self.dev.as_mut();
         dev.copy_h2d(b.ids, &u32_bytes(&batch.ids))?;
         dev.copy_h2d(b.pos, &u32_bytes(&batch.pos))?;
@@ -599,7 +544,10 @@ impl GpuModel {
         let h = self.cfg.hidden_size;
         gpu::embedding_fwd(dev, b.xs[0], self.params[self.embed].master, b.ids, n, h)?;
         for l in 0..self.cfg.num_layers {
-            self.layer_fwd(l, true).with_context(|| format!("GPU forward, layer {l}"))?;
+            self.attention_fwd(l).with_context(|| format!("GPU forward, layer {l}"))?;
+            for c in self.chunks(n) {
+                self.mlp_fwd(l, c, true).with_context(|| format!("GPU forward, layer {l}, tokens {}..{}", c.0, c.0 + c.1))?;
+            }
         }
         let dev = self.dev.as_mut();
         let last = b.xs[self.cfg.num_layers];
@@ -617,13 +565,13 @@ impl GpuModel {
         }
         st.scored = true;
         let n = st.n;
-        let b = self.buf.clone().expect("buffers");
+        let b = self.buf.clone();
         let lm = self.lm();
         let (h, v) = (self.cfg.hidden_size, self.out_vocab);
         let dev = self.dev.as_mut();
         dev.copy_h2d(b.targets, &u32_bytes(targets))?;
         let out = LogprobOut { logprob: b.logprob, entropy: b.entropy, lse: b.lse_vocab };
-        lp_kernels::logprob_entropy_fwd(dev, &out, b.hidden_b, lm.half(), b.targets, n, h, v, b.ws_lp_fwd)?;
+        lp_kernels::logprob_entropy_fwd(dev, &out, b.hidden_b, lm.half(), b.targets, n, h, v, b.ws_lp)?;
         Ok(TokenLogprobs { logprob: dev.download_f32(b.logprob, n)?, entropy: dev.download_f32(b.entropy, n)?, lse: dev.download_f32(b.lse_vocab, n)? })
     }
 
@@ -631,22 +579,31 @@ impl GpuModel {
     // Backward
     // ----------------------------------------------------------------------
 
-    /// One layer's backward: `b.dx` holds d x_{l+1} on entry, d x_l on exit.
-    fn layer_bwd(&mut self, l: usize) -> Result<()> {
-        let LayerCtx { st, b, a, w, n, h, i, qd, kvd, hd, hdp, heads, kvh, eps: _, cos, sin, shape, scale } = self.layer_ctx(l);
-
-        // MLP: x_{l+1} = x_mid + down(swiglu(gate(xn2), up(xn2)))
-        gpu::f32_to_bf16(self.dev.as_mut(), b.dh_b, b.dx, n * h)?;
-        self.linear_bwd(b.di1, 0.0, b.dh_b, b.dx, a.act_b, w.down, None, n, i, h)?; // di1 = dact
-        gpu::swiglu_bwd(self.dev.as_mut(), b.di1, b.di2, b.di1, a.gate, a.up, n * i)?; // di1 = dgate, di2 = dup
+    /// Layer `l`'s post-attention backward over one chunk of tokens (see
+    /// `mlp_fwd`; its forward must be in the slot): `b.dx`'s rows hold
+    /// d x_{l+1} on entry and d x_mid on exit.
+    fn mlp_bwd(&mut self, l: usize, (s, len, off): (usize, usize, usize)) -> Result<()> {
+        let LayerCtx { b, a, w, h, i, .. } = self.layer_ctx(l);
+        let (dx, dh, dh_b) = (b.dx.offset(s * h * F32), b.dh.offset(s * h * F32), b.dh_b.offset(s * h * BF16));
+        let (x_mid, rstd2, xn2_b) = (a.x_mid.offset(off * h * F32), a.rstd2.offset(off * F32), a.xn2_b.offset(off * h * BF16));
+        let (gate, up, act_b) = (a.gate.offset(off * i * F32), a.up.offset(off * i * F32), a.act_b.offset(off * i * BF16));
+        // x_{l+1} = x_mid + down(swiglu(gate(xn2), up(xn2)))
+        gpu::f32_to_bf16(self.dev.as_mut(), dh_b, dx, len * h)?;
+        self.linear_bwd(b.di1, 0.0, dh_b, dx, act_b, w.down, None, len, i, h)?; // di1 = dact
+        gpu::swiglu_bwd(self.dev.as_mut(), b.di1, b.di2, b.di1, gate, up, len * i)?; // di1 = dgate, di2 = dup
         let dev = self.dev.as_mut();
-        gpu::f32_to_bf16(dev, b.di1_b, b.di1, n * i)?;
-        gpu::f32_to_bf16(dev, b.di2_b, b.di2, n * i)?;
-        self.linear_bwd(b.dh, 0.0, b.di1_b, b.di1, a.xn2_b, w.gate, None, n, h, i)?;
-        self.linear_bwd(b.dh, 1.0, b.di2_b, b.di2, a.xn2_b, w.up, None, n, h, i)?;
-        gpu::rmsnorm_bwd(self.dev.as_mut(), b.dx, self.params[w.post_norm].grad, b.dh, a.x_mid, self.params[w.post_norm].master, a.rstd2, n, h, true)?;
+        gpu::f32_to_bf16(dev, b.di1_b, b.di1, len * i)?;
+        gpu::f32_to_bf16(dev, b.di2_b, b.di2, len * i)?;
+        self.linear_bwd(dh, 0.0, b.di1_b, b.di1, xn2_b, w.gate, None, len, h, i)?;
+        self.linear_bwd(dh, 1.0, b.di2_b, b.di2, xn2_b, w.up, None, len, h, i)?;
+        gpu::rmsnorm_bwd(self.dev.as_mut(), dx, self.params[w.post_norm].grad, dh, x_mid, self.params[w.post_norm].master, rstd2, len, h, true)
+    }
 
-        // Attention: x_mid = x + o_proj(attn(rope(q), rope(k), v))
+    /// Layer `l`'s attention backward (its forward must be in the slot):
+    /// `b.dx` holds d x_mid on entry, d x_l on exit.
+    fn attention_bwd(&mut self, l: usize) -> Result<()> {
+        let LayerCtx { st, b, a, w, n, h, qd, kvd, hd, hdp, heads, kvh, cos, sin, shape, scale, .. } = self.layer_ctx(l);
+        // x_mid = x + o_proj(attn(rope(q), rope(k), v))
         gpu::f32_to_bf16(self.dev.as_mut(), b.dh_b, b.dx, n * h)?;
         self.linear_bwd(b.dq, 0.0, b.dh_b, b.dx, a.attn_b, w.o, None, n, qd, h)?; // dq = d attn
         let dev = self.dev.as_mut();
@@ -677,7 +634,7 @@ impl GpuModel {
         let st = self.state.clone().context("backward before forward")?;
         ensure!(st.scored, "backward before token_logprobs");
         ensure!(g_logprob.len() == st.n && g_entropy.len() == st.n, "backward: {} / {} gradients for {} tokens", g_logprob.len(), g_entropy.len(), st.n);
-        let b = self.buf.clone().expect("buffers");
+        let b = self.buf.clone();
         let lm = self.lm();
         let (n, h, v) = (st.n, self.cfg.hidden_size, self.out_vocab);
         let dev = self.dev.as_mut();
@@ -685,15 +642,22 @@ impl GpuModel {
         dev.write_f32(b.dentropy, g_entropy)?;
         let g = LogprobGrads { dlogprob: b.dlogprob, dentropy: b.dentropy, lse: b.lse_vocab, entropy: b.entropy };
         // The LM head's rows past the output vocabulary get no gradient.
-        lp_kernels::logprob_entropy_bwd(dev, b.dh, lm.grad, b.hidden_b, lm.half(), b.targets, &g, n, h, v, true, b.ws_lp_bwd)?;
+        lp_kernels::logprob_entropy_bwd(dev, b.dh, lm.grad, b.hidden_b, lm.half(), b.targets, &g, n, h, v, true, b.ws_lp)?;
         let last = b.xs[self.cfg.num_layers];
         let fnorm = self.params[self.final_norm];
         gpu::rmsnorm_bwd(dev, b.dx, fnorm.grad, b.dh, last, fnorm.master, b.final_rstd, n, h, false)?;
         for l in (0..self.cfg.num_layers).rev() {
             if self.recompute {
-                self.layer_fwd(l, false).with_context(|| format!("GPU recompute, layer {l}"))?;
+                self.attention_fwd(l).with_context(|| format!("GPU recompute, layer {l}"))?;
             }
-            self.layer_bwd(l).with_context(|| format!("GPU backward, layer {l}"))?;
+            for c in self.chunks(n) {
+                let tokens = || format!("layer {l}, tokens {}..{}", c.0, c.0 + c.1);
+                if self.recompute {
+                    self.mlp_fwd(l, c, false).with_context(|| format!("GPU recompute, {}", tokens()))?;
+                }
+                self.mlp_bwd(l, c).with_context(|| format!("GPU backward, {}", tokens()))?;
+            }
+            self.attention_bwd(l).with_context(|| format!("GPU backward, layer {l}"))?;
         }
         gpu::embedding_bwd(self.dev.as_mut(), self.params[self.embed].grad, b.dx, b.ids, n, h)
     }
@@ -762,16 +726,7 @@ impl GpuModel {
     /// Σ g² of every parameter's gradient (f32 on the device per
     /// parameter, summed in f64 here in parameter order): the global norm².
     pub fn grad_sum_squares(&mut self) -> Result<f64> {
-        let max_blocks = self.params.iter().map(|p| gpu::global_norm_blocks(p.len) as usize).max().unwrap_or(1);
-        let (sums, scratch) = match self.norm_scratch {
-            Some(s) if s.2 >= max_blocks => (s.0, s.1),
-            _ => {
-                let sums = self.dev.zeros(self.params.len() * F32)?;
-                let scratch = self.dev.zeros(max_blocks * F32)?;
-                self.norm_scratch = Some((sums, scratch, max_blocks));
-                (sums, scratch)
-            }
-        };
+        let (sums, scratch) = self.norm_scratch;
         for (i, p) in self.params.iter().enumerate() {
             gpu::sum_squares(self.dev.as_mut(), sums.offset(i * F32), p.grad, scratch, p.len)?;
         }
@@ -789,19 +744,22 @@ impl GpuModel {
         ensure!(host.decay.len() == self.params.len(), "optimizer_step: {} decay flags for {} parameters", host.decay.len(), self.params.len());
         let norm = self.grad_sum_squares()?.sqrt();
         ensure!(norm.is_finite(), "the gradient norm is {norm}; the step was not taken");
-        let continues = self.moments.as_ref().is_some_and(|m| m.opt_id == host.id && m.opt_step == host.step);
-        if !continues {
-            let mut mv = self.moments.take().map(|m| m.mv).unwrap_or_default();
-            for ((i, p), (m, v)) in self.params.iter().enumerate().zip(host.m.tensors().into_iter().zip(host.v.tensors())) {
+        if self.moments_of != Some((host.id, host.step)) {
+            ensure!(
+                host.m.tensors().len() == self.params.len() && host.v.tensors().len() == self.params.len(),
+                "optimizer_step: moments of {} / {} tensors for {} parameters",
+                host.m.tensors().len(),
+                host.v.tensors().len(),
+                self.params.len()
+            );
+            for (p, (m, v)) in self.params.iter().zip(host.m.tensors().into_iter().zip(host.v.tensors())) {
                 ensure!(m.data.len() == p.len && v.data.len() == p.len, "optimizer_step: moments of {} / {} values for a parameter of {}", m.data.len(), v.data.len(), p.len);
-                if mv.len() <= i {
-                    mv.push((self.dev.alloc(p.len * F32)?, self.dev.alloc(p.len * F32)?));
-                    self.memory.optimizer += 2 * p.len * F32;
-                }
-                self.dev.write_f32(mv[i].0, &m.data)?;
-                self.dev.write_f32(mv[i].1, &v.data)?;
             }
-            self.moments = Some(DeviceMoments { mv, opt_id: host.id, opt_step: host.step });
+            for ((dm, dv), (m, v)) in self.moments.iter().zip(host.m.tensors().into_iter().zip(host.v.tensors())) {
+                self.dev.write_f32(*dm, &m.data)?;
+                self.dev.write_f32(*dv, &v.data)?;
+            }
+            self.moments_of = Some((host.id, host.step));
         }
         if host.grad_clip > 0.0 && norm > host.grad_clip as f64 {
             let scale = (host.grad_clip as f64 / (norm + 1e-6)) as f32;
@@ -810,11 +768,10 @@ impl GpuModel {
             }
         }
         let step = host.step + 1;
-        let moments = self.moments.as_mut().expect("set above");
-        for ((p, &decay), (m, v)) in self.params.iter().zip(host.decay).zip(&moments.mv) {
+        for ((p, &decay), (m, v)) in self.params.iter().zip(host.decay).zip(&self.moments) {
             gpu::adamw_step(self.dev.as_mut(), p.master, p.half, p.grad, *m, *v, p.len, step, host.hp, decay)?;
         }
-        moments.opt_step = step;
+        self.moments_of = Some((host.id, step));
         self.weights_version = None;
         Ok(norm)
     }
@@ -822,17 +779,113 @@ impl GpuModel {
     /// Download m and v into `m`/`v` when the device's continue the host
     /// state (`id`, `step`); returns whether it did.
     pub fn download_moments(&mut self, id: u64, step: u64, m: &mut Weights, v: &mut Weights) -> Result<bool> {
-        let Some(dm) = &self.moments else { return Ok(false) };
-        if dm.opt_id != id || dm.opt_step != step {
+        if self.moments_of != Some((id, step)) {
             return Ok(false);
         }
-        let mv = dm.mv.clone();
+        let mv = self.moments.clone();
         for ((tm, tv), (p, (dm, dv))) in m.tensors_mut().into_iter().zip(v.tensors_mut()).zip(self.params.iter().zip(&mv)) {
             tm.data = self.dev.download_f32(*dm, p.len)?;
             tv.data = self.dev.download_f32(*dv, p.len)?;
         }
         Ok(true)
     }
+}
+
+/// Allocate the step's buffers for `cap` on `dev`, each counted in
+/// `memory` under its memory-plan component (`memory_plan`'s lists, in the
+/// same conventions; a test holds the two equal).
+#[allow(clippy::too_many_arguments)]
+fn allocate_step_buffers(dev: &mut dyn Device, memory: &mut DeviceMemory, c: &ModelConfig, hdp: usize, v: usize, recompute: bool, cap: Capacity) -> Result<StepBuffers> {
+    let (n, chunk) = (cap.tokens, cap.chunk());
+    let (h, i, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
+    let (heads, kvh) = (c.num_heads, c.num_kv_heads);
+    let padded = hdp != c.head_dim;
+    let mut a = |what: &'static str, n_bytes: usize| -> Result<DevicePtr> {
+        // 256-byte granularity keeps every buffer 16-byte aligned on the
+        // simulated device too (cuMemAlloc aligns to 256 already).
+        let p = dev.alloc(n_bytes.max(1).next_multiple_of(256))?;
+        memory.add(what, n_bytes);
+        Ok(p)
+    };
+    let ids = a(names::INPUTS, n * 4)?;
+    let pos = a(names::INPUTS, n * 4)?;
+    let ones = a(names::INPUTS, n * F32)?;
+    let cu = a(names::INPUTS, (n + 1) * 4)?;
+    let mut xs = (0..c.num_layers).map(|_| a(names::SAVED, n * h * F32)).collect::<Result<Vec<_>>>()?;
+    xs.push(a(names::FINAL, n * h * F32)?);
+    // With recomputation one slot, its MLP side one chunk; without, one
+    // whole slot per layer.
+    let (slots_of, n_slots, mlp_rows) = if recompute { (names::RECOMPUTE, 1, chunk) } else { (names::SAVED, c.num_layers.max(1), n) };
+    let mut slots = vec![];
+    for _ in 0..n_slots {
+        let out_b = a(slots_of, n * heads * hdp * BF16)?;
+        slots.push(Slot {
+            rstd1: a(slots_of, n * F32)?,
+            xn1: a(slots_of, n * h * F32)?,
+            xn1_b: a(slots_of, n * h * BF16)?,
+            q: a(slots_of, n * qd * F32)?,
+            k: a(slots_of, n * kvd * F32)?,
+            v: a(slots_of, n * kvd * F32)?,
+            q_b: a(slots_of, n * heads * hdp * BF16)?,
+            k_b: a(slots_of, n * kvh * hdp * BF16)?,
+            v_b: a(slots_of, n * kvh * hdp * BF16)?,
+            out_b,
+            lse: a(slots_of, n * heads * F32)?,
+            attn_b: if padded { a(slots_of, n * qd * BF16)? } else { out_b },
+            x_mid: a(slots_of, mlp_rows * h * F32)?,
+            rstd2: a(slots_of, mlp_rows * F32)?,
+            xn2: a(slots_of, mlp_rows * h * F32)?,
+            xn2_b: a(slots_of, mlp_rows * h * BF16)?,
+            gate: a(slots_of, mlp_rows * i * F32)?,
+            up: a(slots_of, mlp_rows * i * F32)?,
+            act: a(slots_of, mlp_rows * i * F32)?,
+            act_b: a(slots_of, mlp_rows * i * BF16)?,
+        });
+    }
+    let g = names::GRAD_SCRATCH;
+    let dq = a(g, n * qd * F32)?;
+    let dk = a(g, n * kvd * F32)?;
+    let dv = a(g, n * kvd * F32)?;
+    let (dqp, dkp, dvp) = if padded { (a(g, n * heads * hdp * F32)?, a(g, n * kvh * hdp * F32)?, a(g, n * kvh * hdp * F32)?) } else { (dq, dk, dv) };
+    let shape = AttnShape { heads, kv_heads: kvh, head_dim: hdp };
+    let b = StepBuffers {
+        ids,
+        pos,
+        targets: a(names::LOSS, n * 4)?,
+        cu_seqlens: cu,
+        ones,
+        xs,
+        slots,
+        final_rstd: a(names::FINAL, n * F32)?,
+        hidden: a(names::FINAL, n * h * F32)?,
+        hidden_b: a(names::FINAL, n * h * BF16)?,
+        logprob: a(names::LOSS, n * F32)?,
+        entropy: a(names::LOSS, n * F32)?,
+        lse_vocab: a(names::LOSS, n * F32)?,
+        dlogprob: a(names::LOSS, n * F32)?,
+        dentropy: a(names::LOSS, n * F32)?,
+        dx: a(g, n * h * F32)?,
+        dh: a(g, n * h * F32)?,
+        dh_b: a(g, n * h * BF16)?,
+        di1: a(g, chunk * i * F32)?,
+        di2: a(g, chunk * i * F32)?,
+        di1_b: a(g, chunk * i * BF16)?,
+        di2_b: a(g, chunk * i * BF16)?,
+        dq,
+        dk,
+        dv,
+        dq_b: a(g, n * qd * BF16)?,
+        dk_b: a(g, n * kvd * BF16)?,
+        dv_b: a(g, n * kvd * BF16)?,
+        dqp,
+        dkp,
+        dvp,
+        dout_b: a(g, n * heads * hdp * BF16)?,
+        ws_attn: a(names::FLASH, flash_attn_bwd_workspace_bytes(n, shape))?,
+        ws_lp: a(names::LOSS, memory_plan::fused_loss_workspace_bytes(n, h, v) as usize)?,
+    };
+    dev.write_f32(b.ones, &vec![1.0; n])?;
+    Ok(b)
 }
 
 /// The host optimizer state a device step continues (see
@@ -849,38 +902,34 @@ pub struct HostOptimizer<'a> {
     pub grad_clip: f32,
 }
 
-/// AdamW's m and v on the device, one pair per parameter, and the host
-/// optimizer state (id, steps) they continue.
-struct DeviceMoments {
-    mv: Vec<(DevicePtr, DevicePtr)>,
-    opt_id: u64,
-    opt_step: u64,
-}
-
 /// Run `model`'s training path on GPU `ordinal` from now on (see
-/// `Model::train_device`).
-pub fn attach_cuda(model: &mut Model, ordinal: usize) -> Result<()> {
+/// `Model::train_device`), its buffers allocated once for `capacity`; the
+/// plan's components are logged.
+pub fn attach_cuda(model: &mut Model, ordinal: usize, capacity: Capacity) -> Result<()> {
     let dev = crate::device::cuda::CudaDevice::new(ordinal).with_context(|| format!("opening GPU {ordinal} for the trainer"))?;
-    attach(model, Box::new(dev))?;
+    attach(model, Box::new(dev), capacity)?;
     if let Some(d) = &model.train_device {
         let g = d.lock()?;
         let m = g.memory();
         let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        let parts: Vec<String> = m.components.iter().map(|(name, b)| format!("{name} {:.2}", gib(*b))).collect();
         tracing::info!(
-            "trainer on GPU {ordinal} ({}): fp32 weights {:.2} GiB, bf16 copies {:.2} GiB, gradients {:.2} GiB (activations are sized at the first batch)",
+            "trainer on GPU {ordinal} ({}): {:.2} GiB allocated for micro-batches of up to {} tokens (MLP chunks of {}): {} GiB",
             g.device_name(),
-            gib(m.master_weights),
-            gib(m.bf16_weights),
-            gib(m.gradients)
+            gib(m.total()),
+            m.capacity.tokens,
+            m.capacity.chunk(),
+            parts.join(", ")
         );
     }
     Ok(())
 }
 
-/// Run `model`'s training path on `dev` from now on.
-pub fn attach(model: &mut Model, dev: Box<dyn Device + Send>) -> Result<()> {
+/// Run `model`'s training path on `dev` from now on, its buffers allocated
+/// once for `capacity`.
+pub fn attach(model: &mut Model, dev: Box<dyn Device + Send>, capacity: Capacity) -> Result<()> {
     model.train_device = None;
-    let g = GpuModel::new(dev, model)?;
+    let g = GpuModel::new(dev, model, capacity)?;
     model.train_device = Some(super::qwen2::TrainDevice::new(g));
     Ok(())
 }
@@ -954,23 +1003,26 @@ pub fn check_model(head_dim: usize) -> Result<Model> {
 
 /// The training-step checks `appliance selftest` runs after the kernels:
 /// the tiny model (head dim 32, padded) with and without recomputation,
-/// and head dims 64 and 128 untied (the last only without `quick`).
+/// and head dims 64 and 128 untied (the last only without `quick`). The
+/// recomputed cases run the MLP in chunks (the last one short) in buffers
+/// allocated for more tokens than the batch holds.
 pub fn step_checks(open: &mut dyn FnMut() -> Result<Box<dyn Device + Send>>, quick: bool, mut each: impl FnMut(&crate::backend::gpu::checks::KernelCheck)) -> Vec<crate::backend::gpu::checks::KernelCheck> {
-    let mut cases: Vec<(String, Result<Model>, Vec<usize>, bool)> = vec![
-        ("tiny hd32 tied".into(), Ok(super::tiny::tiny_model(0)), vec![37, 70, 20], false),
-        ("tiny hd32 tied, recompute".into(), Ok(super::tiny::tiny_model(0)), vec![37, 70, 20], true),
-        ("hd64 gqa4 untied".into(), check_model(64), vec![65, 9], false),
+    let exact = |lens: &[usize]| Capacity { tokens: lens.iter().sum(), chunk_tokens: 0 };
+    let mut cases: Vec<(String, Result<Model>, Vec<usize>, bool, Capacity)> = vec![
+        ("tiny hd32 tied".into(), Ok(super::tiny::tiny_model(0)), vec![37, 70, 20], false, exact(&[37, 70, 20])),
+        ("tiny hd32 tied, recompute, chunks of 48".into(), Ok(super::tiny::tiny_model(0)), vec![37, 70, 20], true, Capacity { tokens: 160, chunk_tokens: 48 }),
+        ("hd64 gqa4 untied".into(), check_model(64), vec![65, 9], false, exact(&[65, 9])),
     ];
     if !quick {
-        cases.push(("hd128 gqa4 untied, recompute".into(), check_model(128), vec![513, 64, 1], true));
+        cases.push(("hd128 gqa4 untied, recompute, chunks of 256".into(), check_model(128), vec![513, 64, 1], true, Capacity { tokens: 600, chunk_tokens: 256 }));
     }
     let mut out = vec![];
-    for (name, model, lens, recompute) in cases {
+    for (name, model, lens, recompute, capacity) in cases {
         let t = std::time::Instant::now();
         let shape = format!("{name} {lens:?}");
         let r = model.and_then(|m| {
             let batch = random_batch(&lens, m.out_vocab(), 7);
-            compare_training_step(open()?, &m, &batch, recompute)
+            compare_training_step(open()?, &m, &batch, recompute, capacity)
         });
         let (max_err, error) = match r {
             Ok(c) => (c.max_grad_err, Some(c.failures().join("; ")).filter(|f| !f.is_empty())),
@@ -1003,7 +1055,7 @@ pub fn random_batch(lens: &[usize], vocab: usize, seed: u64) -> Batch {
 /// forward, log-probs and entropies, the DAPO loss (old log-probs a fixed
 /// perturbation of the CPU's, advantages ±1 by sequence, an entropy term
 /// so that its backward runs too), backward, and one AdamW update.
-pub fn compare_training_step(dev: Box<dyn Device + Send>, model: &Model, batch: &Batch, recompute: bool) -> Result<StepComparison> {
+pub fn compare_training_step(dev: Box<dyn Device + Send>, model: &Model, batch: &Batch, recompute: bool, capacity: Capacity) -> Result<StepComparison> {
     use crate::backend::cpu::adamw::{adamw_step, AdamWParams};
     use crate::backend::cpu::dapo_loss::{dapo_loss, DapoConfig};
     let n = batch.len();
@@ -1029,7 +1081,7 @@ pub fn compare_training_step(dev: Box<dyn Device + Send>, model: &Model, batch: 
     // Device.
     let mut m = model.clone();
     m.recompute = recompute;
-    let mut gm = GpuModel::new(dev, &m)?;
+    let mut gm = GpuModel::new(dev, &m, capacity)?;
     let device = gm.device_name();
     gm.forward(batch)?;
     let lp_dev = gm.token_logprobs(&targets)?;

@@ -129,13 +129,22 @@ pub fn eval_result(trajs: &[Trajectory]) -> EvalResult {
 }
 
 /// Put the trainer's forward, backward and optimizer where `[model] backend`
-/// says: on the CPU (nothing to do), or on GPU 0 (after `check_backend`).
-pub fn place_trainer(cfg: &Config, model: &mut crate::model::qwen2::Model) -> Result<()> {
+/// says: on the CPU (nothing to do), or on GPU 0 (after `check_backend`),
+/// its buffers allocated once for `trainer_capacity`.
+pub fn place_trainer(cfg: &Config, model: &mut crate::model::qwen2::Model, longest_sequence: usize) -> Result<()> {
     check_backend(cfg)?;
     match cfg.model.backend {
         Backend::Cpu => Ok(()),
-        Backend::Cuda => crate::model::qwen2_gpu::attach_cuda(model, 0),
+        Backend::Cuda => crate::model::qwen2_gpu::attach_cuda(model, 0, trainer_capacity(cfg, longest_sequence)),
     }
+}
+
+/// The most tokens one training micro-batch can hold: micro-batches are
+/// packed up to `[rft]`/`[dapo] micro_batch_tokens`, and a longer sequence
+/// (at most `longest_sequence`) goes alone.
+pub fn trainer_capacity(cfg: &Config, longest_sequence: usize) -> crate::model::qwen2_gpu::Capacity {
+    let tokens = cfg.rft.micro_batch_tokens.max(cfg.dapo.micro_batch_tokens).max(longest_sequence);
+    crate::model::qwen2_gpu::Capacity { tokens, chunk_tokens: cfg.model.mlp_chunk_tokens }
 }
 
 /// The config's hardware must be here: a GPU backend on a machine without
@@ -315,7 +324,9 @@ pub fn train(config: Config, opts: &TrainOptions) -> Result<BTreeMap<String, Eva
     // The trainer's forward and backward go to GPU 0 with the CUDA backend
     // (before the run directory exists: a model the GPU backend cannot run
     // fails here).
-    place_trainer(&cfg, &mut pre.model)?;
+    // An episode's tokens stay within the context limit (see below).
+    let longest = cfg.agent.max_context_tokens.min(pre.model.cfg.max_position_embeddings);
+    place_trainer(&cfg, &mut pre.model, longest)?;
     let opt = match (&dir_for_resume, &progress) {
         (Some(d), Some((_, p))) if p.has_optimizer => Some(crate::pipeline::state::load_optimizer(cfg.optim.clone(), &pre.model.cfg, &d.optimizer_path(&p.weights_in), p.dapo_steps)?),
         _ => None,
@@ -807,6 +818,20 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_trainer_is_sized_for_the_largest_micro_batch_the_config_allows() {
+        let mut c = Config::embedded();
+        c.rft.micro_batch_tokens = 4096;
+        c.dapo.micro_batch_tokens = 8192;
+        c.model.mlp_chunk_tokens = 1024;
+        let cap = trainer_capacity(&c, 2000);
+        assert_eq!((cap.tokens, cap.chunk_tokens), (8192, 1024));
+        // A sequence longer than every micro-batch goes alone.
+        assert_eq!(trainer_capacity(&c, 65536).tokens, 65536);
+        c.rft.micro_batch_tokens = 10_000;
+        assert_eq!(trainer_capacity(&c, 2000).tokens, 10_000);
+    }
 
     #[test]
     fn units_follow_the_phases() {
