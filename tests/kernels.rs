@@ -10,6 +10,7 @@ use appliance::model::qwen2_gpu::Capacity;
 fn assert_all_pass(dev: &mut dyn Device, quick: bool) {
     let checks = run_all(dev, quick, None);
     assert!(checks.len() >= 30, "{} checks", checks.len());
+    assert_eq!(checks.iter().filter(|c| c.kernel == "host_copy").count(), 3, "the host copy checks run");
     let failed: Vec<String> = checks
         .iter()
         .filter(|c| !c.passed)

@@ -6,7 +6,10 @@
 //! untyped; kernel launches straight through cuLaunchKernel with explicit
 //! stream order (cudarc's per-buffer event tracking is off, since this
 //! layer orders work itself). cudarc's loaders panic when a library is
-//! missing, so everything is guarded by `available()` first.
+//! missing, so everything is guarded by `available()` first. Host copies
+//! of a MiB or more go through a page-locked staging buffer in two halves,
+//! so the DMA of one chunk overlaps the host memcpy of the next (pageable
+//! copies ran below 1 GB/s for the trainer's weight sync).
 
 use super::{Device, DevicePtr, Dtype, Gemm, KernelArg, LaunchConfig};
 use crate::kernels::MODULES;
@@ -47,6 +50,28 @@ pub struct CudaDevice {
     allocations: HashSet<u64>,
     blas: Option<cudarc::cublas::CudaBlas>,
     name: String,
+    /// Page-locked host memory for large copies, allocated at the first.
+    staging: Option<Staging>,
+}
+
+/// Copies from this many bytes up go through the staging buffer.
+const STAGED_FROM_BYTES: usize = 1 << 20;
+/// Each half of the staging buffer.
+const STAGING_HALF_BYTES: usize = 16 << 20;
+
+/// Two halves of page-locked host memory (cuMemHostAlloc).
+struct Staging {
+    ptr: *mut u8,
+}
+
+// SAFETY: the buffer is owned by one CudaDevice and used only through it.
+unsafe impl Send for Staging {}
+
+impl Staging {
+    fn half(&mut self, i: usize) -> &mut [u8] {
+        // SAFETY: ptr holds 2 × STAGING_HALF_BYTES bytes for the device's life.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add((i % 2) * STAGING_HALF_BYTES), STAGING_HALF_BYTES) }
+    }
 }
 
 impl CudaDevice {
@@ -80,11 +105,65 @@ impl CudaDevice {
         } else {
             None
         };
-        Ok(CudaDevice { ctx, stream, _modules: modules, functions, dynamic_shared_limit: HashMap::new(), allocations: HashSet::new(), blas, name })
+        Ok(CudaDevice { ctx, stream, _modules: modules, functions, dynamic_shared_limit: HashMap::new(), allocations: HashSet::new(), blas, name, staging: None })
     }
 
     fn bind(&self) -> Result<()> {
         self.ctx.bind_to_thread().map_err(|e| anyhow!("binding the CUDA context: {e:?}"))
+    }
+
+    /// The staging buffer, allocated at the first large copy.
+    fn staging(&mut self) -> Result<&mut Staging> {
+        if self.staging.is_none() {
+            // SAFETY: the context is bound (callers bind first); freed in Drop.
+            let p = unsafe { result::malloc_host(2 * STAGING_HALF_BYTES, 0) }.map_err(|e| anyhow!("cuMemHostAlloc({} bytes): {e:?}", 2 * STAGING_HALF_BYTES))?;
+            self.staging = Some(Staging { ptr: p as *mut u8 });
+        }
+        Ok(self.staging.as_mut().expect("allocated above"))
+    }
+
+    /// Device to host through the staging halves: the DMA of chunk k + 1
+    /// runs while chunk k is copied out of page-locked memory.
+    fn copy_d2h_staged(&mut self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        let stream = self.stream.cu_stream();
+        let chunks: Vec<(usize, usize)> = (0..dst.len()).step_by(STAGING_HALF_BYTES).map(|s| (s, STAGING_HALF_BYTES.min(dst.len() - s))).collect();
+        let staging = self.staging()?;
+        let issue = |staging: &mut Staging, k: usize| -> Result<()> {
+            let (s, len) = chunks[k];
+            // SAFETY: the half is page-locked and not read until the stream
+            // is synchronized; the source range is device memory the caller sized.
+            unsafe { result::memcpy_dtoh_async(&mut staging.half(k)[..len], src.0 + s as u64, stream) }.map_err(|e| anyhow!("copy from device: {e:?}"))
+        };
+        issue(staging, 0)?;
+        for k in 0..chunks.len() {
+            // SAFETY: a raw stream of this bound context.
+            unsafe { result::stream::synchronize(stream) }.map_err(|e| anyhow!("copy from device: {e:?}"))?;
+            if k + 1 < chunks.len() {
+                issue(staging, k + 1)?;
+            }
+            let (s, len) = chunks[k];
+            dst[s..s + len].copy_from_slice(&staging.half(k)[..len]);
+        }
+        Ok(())
+    }
+
+    /// Host to device through the staging halves: chunk k + 1 is copied in
+    /// while chunk k's DMA runs.
+    fn copy_h2d_staged(&mut self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        let stream = self.stream.cu_stream();
+        let staging = self.staging()?;
+        for (k, s) in (0..src.len()).step_by(STAGING_HALF_BYTES).enumerate() {
+            let len = STAGING_HALF_BYTES.min(src.len() - s);
+            // This half's last DMA (chunk k − 2) finished at the previous
+            // iteration's synchronize.
+            staging.half(k)[..len].copy_from_slice(&src[s..s + len]);
+            // SAFETY: a raw stream of this bound context.
+            unsafe { result::stream::synchronize(stream) }.map_err(|e| anyhow!("copy to device: {e:?}"))?;
+            // SAFETY: the half stays untouched until its DMA is synchronized.
+            unsafe { result::memcpy_htod_async(dst.0 + s as u64, &staging.half(k)[..len], stream) }.map_err(|e| anyhow!("copy to device: {e:?}"))?;
+        }
+        // SAFETY: as above.
+        unsafe { result::stream::synchronize(stream) }.map_err(|e| anyhow!("copy to device: {e:?}"))
     }
 }
 
@@ -134,6 +213,9 @@ impl Device for CudaDevice {
     fn copy_h2d(&mut self, dst: DevicePtr, src: &[u8]) -> Result<()> {
         self.bind()?;
         self.stream.synchronize().map_err(|e| anyhow!("{e:?}"))?;
+        if src.len() >= STAGED_FROM_BYTES {
+            return self.copy_h2d_staged(dst, src);
+        }
         // SAFETY: synchronous copy into device memory the caller sized.
         unsafe { result::memcpy_htod_sync(dst.0, src) }.map_err(|e| anyhow!("copy to device: {e:?}"))
     }
@@ -141,6 +223,9 @@ impl Device for CudaDevice {
     fn copy_d2h(&mut self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
         self.bind()?;
         self.stream.synchronize().map_err(|e| anyhow!("{e:?}"))?;
+        if dst.len() >= STAGED_FROM_BYTES {
+            return self.copy_d2h_staged(src, dst);
+        }
         // SAFETY: synchronous copy after the stream drained.
         unsafe { result::memcpy_dtoh_sync(dst, src.0) }.map_err(|e| anyhow!("copy from device: {e:?}"))
     }
@@ -265,6 +350,10 @@ impl Drop for CudaDevice {
             for p in self.allocations.drain() {
                 // SAFETY: every tracked pointer came from malloc_sync.
                 let _ = unsafe { result::free_sync(p) };
+            }
+            if let Some(s) = self.staging.take() {
+                // SAFETY: from malloc_host; the stream is idle.
+                let _ = unsafe { result::free_host(s.ptr as *mut std::ffi::c_void) };
             }
         }
     }

@@ -194,9 +194,18 @@ pub trait DeviceExt: Device {
         Ok(p)
     }
     fn download_f32(&mut self, src: DevicePtr, n: usize) -> Result<Vec<f32>> {
-        let mut b = vec![0u8; n * 4];
-        self.copy_d2h(src, &mut b)?;
-        Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        let mut v = vec![0.0f32; n];
+        self.read_f32(src, &mut v)?;
+        Ok(v)
+    }
+    /// Fill `dst` from device memory at `src` (copied straight into `dst`'s
+    /// bytes: no staging vector, no per-element pass).
+    fn read_f32(&mut self, src: DevicePtr, dst: &mut [f32]) -> Result<()> {
+        // SAFETY: f32 has no padding and every bit pattern is a valid f32;
+        // the device's bytes are little-endian f32, as is this host (checked
+        // at compile time below).
+        let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u8, std::mem::size_of_val(dst)) };
+        self.copy_d2h(src, bytes)
     }
     fn download_u16(&mut self, src: DevicePtr, n: usize) -> Result<Vec<u16>> {
         let mut b = vec![0u8; n * 2];
@@ -206,6 +215,10 @@ pub trait DeviceExt: Device {
 }
 
 impl<D: Device + ?Sized> DeviceExt for D {}
+
+// Host and device buffers are exchanged as raw f32 bytes (`bytes_of`,
+// `DeviceExt::read_f32`): little-endian on both sides.
+const _: () = assert!(cfg!(target_endian = "little"), "the device layer copies f32 as little-endian bytes");
 
 fn bytes_of(data: &[f32]) -> &[u8] {
     // SAFETY: f32 has no padding and any byte pattern is a valid u8.

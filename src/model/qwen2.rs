@@ -443,7 +443,7 @@ impl Model {
         }
         let d = self.train_device.clone().context("the host weights are behind, but no training device is attached")?;
         let mut g = d.lock()?;
-        self.weights = g.download_weights().context("downloading the trained weights from the device")?;
+        g.download_weights_into(&mut self.weights).context("downloading the trained weights from the device")?;
         g.set_weights_version(self.weights_version);
         self.host_behind = false;
         Ok(())

@@ -387,10 +387,6 @@ impl GpuModel {
     }
 
     // ----------------------------------------------------------------------
-    // Buffers
-    // ----------------------------------------------------------------------
-
-    // ----------------------------------------------------------------------
     // GEMM helpers: every matrix row-major, bf16 operands, fp32 accumulation.
     // ----------------------------------------------------------------------
 
@@ -682,10 +678,20 @@ impl GpuModel {
     /// One device buffer of every parameter, as host `Weights`.
     fn download(&mut self, which: fn(&Param) -> DevicePtr) -> Result<Weights> {
         let mut w = Weights::zeros(&self.cfg);
-        for (t, p) in w.tensors_mut().into_iter().zip(&self.params) {
-            t.data = self.dev.download_f32(which(p), p.len)?;
-        }
+        self.download_into(which, &mut w)?;
         Ok(w)
+    }
+
+    /// One device buffer of every parameter into `w` (its tensors' memory is
+    /// reused: no allocation, no first-touch page faults).
+    fn download_into(&mut self, which: fn(&Param) -> DevicePtr, w: &mut Weights) -> Result<()> {
+        let tensors = w.tensors_mut();
+        ensure!(tensors.len() == self.params.len(), "download: {} tensors for {} parameters", tensors.len(), self.params.len());
+        for (t, p) in tensors.into_iter().zip(&self.params) {
+            ensure!(t.data.len() == p.len, "download: a tensor of {} values for a parameter of {}", t.data.len(), p.len);
+            self.dev.read_f32(which(p), &mut t.data)?;
+        }
+        Ok(())
     }
 
     /// The gradients, as host `Weights` (parameter order and shapes of `cfg`).
@@ -696,6 +702,11 @@ impl GpuModel {
     /// The fp32 master weights, as host `Weights`.
     pub fn download_weights(&mut self) -> Result<Weights> {
         self.download(|p| p.master)
+    }
+
+    /// The fp32 master weights into `w`, which has the model's shapes.
+    pub fn download_weights_into(&mut self, w: &mut Weights) -> Result<()> {
+        self.download_into(|p| p.master, w)
     }
 
     /// The `Model::weights_version` the device holds (None after an
@@ -907,6 +918,19 @@ pub struct HostOptimizer<'a> {
 /// plan's components are logged.
 pub fn attach_cuda(model: &mut Model, ordinal: usize, capacity: Capacity) -> Result<()> {
     let dev = crate::device::cuda::CudaDevice::new(ordinal).with_context(|| format!("opening GPU {ordinal} for the trainer"))?;
+    // Refuse a plan the GPU cannot hold before allocating any of it.
+    let plan = memory_plan::plan_scored(&model.cfg, model.out_vocab(), "the trainer", &capacity.plan_request(model.recompute))?;
+    let need = plan.total_bytes - plan.bytes(names::RESERVE);
+    let (free, _) = crate::device::cuda::MemoryProbe::new(ordinal)?.free_total()?;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    ensure!(
+        need <= free as u64,
+        "the trainer's memory plan for micro-batches of up to {} tokens needs {:.2} GiB and GPU {ordinal} has {:.2} GiB free; {}lower [rft]/[dapo] micro_batch_tokens or [agent] max_context_tokens (`appliance plan` shows the components)",
+        capacity.tokens,
+        gib(need),
+        gib(free as u64),
+        if model.recompute { "" } else { "set [model] recompute = true, or " }
+    );
     attach(model, Box::new(dev), capacity)?;
     if let Some(d) = &model.train_device {
         let g = d.lock()?;

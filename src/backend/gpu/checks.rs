@@ -370,6 +370,36 @@ fn cases<'a>(quick: bool) -> Vec<Case<'a>> {
     v.extend(super::logprob::cases(quick));
     v.extend(super::dapo_loss::cases(quick));
     v.extend(super::blas::cases(quick));
+    // Host copies: below the CUDA device's staging threshold, one staging
+    // half, and several halves with an odd tail. The whole buffer goes up
+    // and comes back; small windows (copied directly) check the upload on
+    // its own at the start, across a 16 MiB half boundary and at the end.
+    for bytes in [3usize, (1 << 20) + 4, (40 << 20) + 12] {
+        v.push(Case {
+            kernel: "host_copy",
+            shape: format!("{bytes} bytes"),
+            tol: 0.0,
+            run: Box::new(move |dev| {
+                let src: Vec<u8> = (0..bytes).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+                let p = dev.alloc(bytes)?;
+                dev.copy_h2d(p, &src)?;
+                let mut bad = 0usize;
+                for off in [0usize, (16 << 20) - 8, bytes.saturating_sub(64)] {
+                    if off >= bytes {
+                        continue;
+                    }
+                    let mut window = vec![0u8; 64.min(bytes - off)];
+                    dev.copy_d2h(p.offset(off), &mut window)?;
+                    bad += window.iter().zip(&src[off..]).filter(|(a, b)| a != b).count();
+                }
+                let mut back = vec![0u8; bytes];
+                dev.copy_d2h(p, &mut back)?;
+                bad += back.iter().zip(&src).filter(|(a, b)| a != b).count();
+                dev.free(p)?;
+                Ok(bad as f64)
+            }),
+        });
+    }
     v
 }
 
