@@ -33,6 +33,11 @@
 // tokens (dW = g^T . H). Each output element has exactly one writer and a
 // fixed summation order: no atomics.
 //
+// The chunked backward (the launcher's logprob_entropy_bwd_chunked) keeps
+// only the elementwise step here, logprob_entropy_grad_chunk: cuBLAS
+// computes each block of logits and the two products, which these
+// self-contained kernels' per-slice read-modify-writes cannot match.
+//
 // Requirements (checked by the launchers): d a multiple of 8 (whole 16-byte
 // chunks per row), 16-byte aligned hidden and weight buffers.
 #include <cuda_bf16.h>
@@ -403,5 +408,29 @@ extern "C" __global__ void __launch_bounds__(LP_THREADS, 2) logprob_entropy_bwd_
         for (int t = 0; t < 2; ++t)
             lp_grad_tile(sm, sm.g + t * LP_BM * LP_LDG_W, LP_LDG_W, H, W, targets, dlogp, dent, lse, ent, n, d, vocab, (rt + t) * LP_BM, v0);
         lp_product<true>(sm, dw, vocab, H, n, d, v0, rt * LP_BM, rt == 0 && !accumulate);
+    }
+}
+
+// The chunked backward's elementwise step (logprob_entropy_bwd_chunked in
+// the launcher): cuBLAS has written z = H[r0 .. r0+rows) . W[v0 .. v0+cols)^T
+// as f32 [rows, cols]; this turns it into g = dL/dz, rounded to bf16 into
+// [rows, cols], for the two cuBLAS products that follow (dH += g . W_chunk,
+// dW_chunk (+)= g^T . H). The same g as lp_grad_tile's, element for element.
+// Memory-bound: each thread owns one column, the grid's y walks the rows
+// (the row's statistics are one broadcast load per warp).
+extern "C" __global__ void logprob_entropy_grad_chunk(__nv_bfloat16* g, const float* z, const int* targets,
+                                                      const float* dlogp, const float* dent, const float* lse,
+                                                      const float* ent, int rows, int cols, int r0, int v0) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+        int row = r0 + r;
+        float gl = dlogp[row], ge = dent[row], l = lse[row];
+        float ez = l - ent[row];
+        long long i = (long long)r * cols + c;
+        float zv = z[i];
+        float p = exp2f((zv - l) * LP_LOG2E);
+        float gv = gl * ((v0 + c == targets[row] ? 1.0f : 0.0f) - p) - ge * p * (zv - ez);
+        g[i] = __float2bfloat16_rn(gv);
     }
 }

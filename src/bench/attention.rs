@@ -179,6 +179,22 @@ pub fn run_device(dev: &mut dyn Device, repeats: usize) -> Result<Vec<Row>> {
     let bwd_s = bwd_flops / 1e12 / r.median;
     rows.push(with_mfu(r));
     rows.push(Row::derived("kernels", format!("fused logprob+entropy bwd time, {n} tok"), bwd_s * 1e3, "ms", repeats));
+    // The chunked backward (what the GPU model runs): the same outputs,
+    // the products on cuBLAS, one [rows, cols] block of logits at a time.
+    // Its FLOPs: the logits once and two products, 3 GEMMs of 2·n·d·vocab.
+    let shape = gpu::logprob::chunk_shape(n, vocab);
+    let cws = dev.zeros(shape.workspace_bytes())?;
+    let chunked_flops = 3.0 * fwd_flops;
+    let r = measure("kernels", &format!("chunked logprob+entropy bwd {n} tok d{d} vocab {vocab}, blocks {}x{} ({gpu_name})", shape.rows, shape.cols), "TFLOP/s", repeats, false, false, || {
+        gpu::logprob::logprob_entropy_bwd_chunked(dev, dh, dw, hidden, w, targets, &g, n, d, vocab, false, cws)?;
+        dev.synchronize()?;
+        Ok(chunked_flops / 1e12)
+    })?;
+    let chunked_s = chunked_flops / 1e12 / r.median;
+    rows.push(with_mfu(r));
+    rows.push(Row::derived("kernels", format!("chunked logprob+entropy bwd time, {n} tok"), chunked_s * 1e3, "ms", repeats));
+    rows.push(Row::derived("kernels", format!("chunked / fused bwd speed, {n} tok"), bwd_s / chunked_s, "x", repeats));
+    dev.free(cws)?;
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     rows.push(Row::derived("kernels", format!("fused loss buffers, {n} tok vocab {vocab}"), gib(gpu::logprob::fused_loss_bytes(n, d, vocab)), "GiB", 1));
     rows.push(Row::derived("kernels", format!("materialized f32 logits, {n} tok vocab {vocab}"), gib(gpu::logprob::naive_logits_bytes(n, vocab)), "GiB", 1));

@@ -112,11 +112,13 @@ impl PlanRequest {
         self.seq_len as u64 * self.batch as u64
     }
 
-    fn chunk(&self) -> u64 {
+    /// Tokens of one chunk of the post-attention work (o_proj's residual
+    /// and the MLP): `chunk_tokens`, or the whole micro-batch for 0.
+    pub fn chunk(&self) -> u64 {
         if self.chunk_tokens == 0 { self.tokens() } else { (self.chunk_tokens as u64).min(self.tokens()) }
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.seq_len == 0 {
             bail!("the sequence length must be at least 1 token");
         }
@@ -278,11 +280,15 @@ pub fn fused_loss_buffers() -> Vec<TokenTensor> {
     ]
 }
 
-/// The fused loss's workspace: one buffer shared by its forward and its
-/// backward (never live together), sized for every batch up to `tokens`
-/// (the kernels split the vocabulary more finely for fewer rows).
-pub fn fused_loss_workspace_bytes(tokens: usize, hidden: usize, vocab: usize) -> u64 {
-    logprob::fwd_workspace_bytes_upto(tokens, vocab).max(logprob::bwd_workspace_bytes_upto(tokens, hidden, vocab)) as u64
+/// The fused loss's workspace: one buffer shared by its forward (the
+/// split-vocabulary records) and its chunked backward (one block of f32
+/// logits and bf16 g, at most `logprob::CHUNK_BUDGET_BYTES`), never live
+/// together, sized for every batch up to `tokens` (the forward splits the
+/// vocabulary more finely for fewer rows). `hidden` is unused since the
+/// backward went to cuBLAS (the self-contained kernels' partial dhidden
+/// sums needed it); kept so the plan's callers state the shape.
+pub fn fused_loss_workspace_bytes(tokens: usize, _hidden: usize, vocab: usize) -> u64 {
+    logprob::fwd_workspace_bytes_upto(tokens, vocab).max(logprob::bwd_chunked_workspace_bytes_upto(tokens, vocab)) as u64
 }
 
 /// Per-token batch inputs on the device: token ids, positions, and the
@@ -291,12 +297,18 @@ pub fn batch_inputs() -> Vec<TokenTensor> {
     vec![TokenTensor::new("token id", U32, 1), TokenTensor::new("position", U32, 1), TokenTensor::new("ones (bias GEMMs)", F32, 1)]
 }
 
-/// The global gradient norm's scratch: one f32 Σg² per parameter tensor
-/// and the block partials of the largest.
-pub fn grad_norm_scratch_bytes(cfg: &ModelConfig) -> u64 {
+/// The global gradient norm's scratch in f32 elements: (one Σg² per
+/// parameter tensor, the block partials of the largest tensor).
+pub fn grad_norm_scratch_elements(cfg: &ModelConfig) -> (usize, usize) {
     let specs = param_specs(cfg);
-    let blocks = specs.iter().map(|(_, shape, _)| global_norm_blocks(shape.iter().product()) as u64).max().unwrap_or(1);
-    (specs.len() as u64 + blocks) * F32
+    let blocks = specs.iter().map(|(_, shape, _)| global_norm_blocks(shape.iter().product()) as usize).max().unwrap_or(1);
+    (specs.len(), blocks)
+}
+
+/// The global gradient norm's scratch bytes (see [`grad_norm_scratch_elements`]).
+pub fn grad_norm_scratch_bytes(cfg: &ModelConfig) -> u64 {
+    let (tensors, blocks) = grad_norm_scratch_elements(cfg);
+    (tensors + blocks) as u64 * F32
 }
 
 /// One line of the plan.
@@ -628,7 +640,8 @@ mod tests {
             assert_eq!(p.bytes(names::LOSS), t * 24 + ws);
             assert!(p.fused_loss_bytes * 50 < p.fused_loss_saving_bytes);
         }
-        // 131072 × 152064 × 8 B is 148.5 GiB; the workspace takes back a few MiB.
+        // 131072 × 152064 × 8 B is 148.5 GiB; the workspace (the backward's
+        // 256 MiB block at most) takes back a quarter GiB.
         let p = plan(&cfg, "7b", &PlanRequest::new(131072)).unwrap();
         assert!((gib(p.materialized_logits_bytes) - 148.5).abs() < 0.01);
         assert!(gib(p.fused_loss_saving_bytes) > 148.0);

@@ -50,6 +50,7 @@ use crate::backend::gpu::flash_attn_bwd::{flash_attn_bwd, flash_attn_bwd_workspa
 use crate::backend::gpu::logprob::{self as lp_kernels, LogprobGrads, LogprobOut};
 use crate::device::{Device, DeviceExt, DevicePtr, Dtype, Gemm};
 use anyhow::{bail, ensure, Context, Result};
+use std::sync::Arc;
 
 const F32: usize = 4;
 const BF16: usize = 2;
@@ -122,8 +123,9 @@ struct StepBuffers {
     cu_seqlens: DevicePtr,
     ones: DevicePtr,
     /// Layer inputs `[cap, hidden]`, entry `num_layers` the last residual.
-    xs: Vec<DevicePtr>,
-    slots: Vec<Slot>,
+    /// (Shared slices: `layer_ctx` copies the buffers per layer and chunk.)
+    xs: Arc<[DevicePtr]>,
+    slots: Arc<[Slot]>,
     final_rstd: DevicePtr,
     hidden: DevicePtr,
     hidden_b: DevicePtr,
@@ -208,7 +210,7 @@ impl Capacity {
 
     /// Tokens of one chunk of the post-attention work.
     pub fn chunk(&self) -> usize {
-        if self.chunk_tokens == 0 { self.tokens } else { self.chunk_tokens.min(self.tokens) }
+        self.plan_request(false).chunk() as usize
     }
 
     /// The memory plan's request for this capacity on one GPU: one
@@ -284,8 +286,7 @@ impl GpuModel {
         }
         let hd_pad = memory_plan::attention_head_dim(&cfg)?;
         ensure!(cfg.hidden_size % 8 == 0, "the fused LM-head kernels need hidden_size ({}) to be a multiple of 8", cfg.hidden_size);
-        ensure!(capacity.tokens >= 1, "the GPU trainer's capacity must be at least 1 token");
-        ensure!(capacity.chunk_tokens % 8 == 0, "the MLP chunk ({} tokens) must be a multiple of 8 (0: the whole micro-batch)", capacity.chunk_tokens);
+        capacity.plan_request(model.recompute).validate().context("the GPU trainer's capacity")?;
         let mut memory = DeviceMemory { components: vec![], capacity };
         let specs = param_specs(&cfg);
         let mut params = Vec::with_capacity(specs.len());
@@ -309,9 +310,9 @@ impl GpuModel {
             memory.add(names::ADAM_V, p.len * F32);
             moments.push((dev.zeros(p.len * F32)?, dev.zeros(p.len * F32)?));
         }
-        let max_blocks = params.iter().map(|p| gpu::global_norm_blocks(p.len) as usize).max().unwrap_or(1);
-        memory.add(names::NORM_SCRATCH, (params.len() + max_blocks) * F32);
-        let norm_scratch = (dev.zeros(params.len() * F32)?, dev.zeros(max_blocks * F32)?);
+        let (tensors, max_blocks) = memory_plan::grad_norm_scratch_elements(&cfg);
+        memory.add(names::NORM_SCRATCH, (tensors + max_blocks) * F32);
+        let norm_scratch = (dev.zeros(tensors * F32)?, dev.zeros(max_blocks * F32)?);
         // Indices in param_specs order (as Weights::build walks them).
         let mut next = 0usize;
         let mut take = || {
@@ -638,7 +639,7 @@ impl GpuModel {
         dev.write_f32(b.dentropy, g_entropy)?;
         let g = LogprobGrads { dlogprob: b.dlogprob, dentropy: b.dentropy, lse: b.lse_vocab, entropy: b.entropy };
         // The LM head's rows past the output vocabulary get no gradient.
-        lp_kernels::logprob_entropy_bwd(dev, b.dh, lm.grad, b.hidden_b, lm.half(), b.targets, &g, n, h, v, true, b.ws_lp)?;
+        lp_kernels::logprob_entropy_bwd_chunked(dev, b.dh, lm.grad, b.hidden_b, lm.half(), b.targets, &g, n, h, v, true, b.ws_lp)?;
         let last = b.xs[self.cfg.num_layers];
         let fnorm = self.params[self.final_norm];
         gpu::rmsnorm_bwd(dev, b.dx, fnorm.grad, b.dh, last, fnorm.master, b.final_rstd, n, h, false)?;
@@ -865,8 +866,8 @@ fn allocate_step_buffers(dev: &mut dyn Device, memory: &mut DeviceMemory, c: &Mo
         targets: a(names::LOSS, n * 4)?,
         cu_seqlens: cu,
         ones,
-        xs,
-        slots,
+        xs: xs.into(),
+        slots: slots.into(),
         final_rstd: a(names::FINAL, n * F32)?,
         hidden: a(names::FINAL, n * h * F32)?,
         hidden_b: a(names::FINAL, n * h * BF16)?,
