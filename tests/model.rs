@@ -160,6 +160,28 @@ fn generation_logprobs_are_the_models_and_batching_changes_nothing() {
     assert_eq!(alone[..], batched[..2]);
 }
 
+/// The embedded tiny model's sequence decodes to the same bits alone and
+/// at any place in batches of other sequences of other lengths: the engine
+/// batches whatever requests wait together, so without this the default run
+/// was not reproducible at `rollout.concurrency` > 1.
+#[test]
+fn a_sequence_samples_the_same_bits_in_any_batch() {
+    use appliance::engine::generate::{generate_each, SeqRequest};
+    let mut model = appliance::model::tiny::tiny_model(3);
+    let params = SamplingParams { max_new_tokens: 24, seed: 11, ..Default::default() };
+    let seq = |prompt: Vec<u32>, stream: u64| SeqRequest { prompt, params: params.clone(), stream };
+    let me = seq((0..57).map(|i| (i * 37 % 500) as u32).collect(), 5);
+    let alone = generate_each(&mut model, std::slice::from_ref(&me), &[], false).unwrap().remove(0);
+    let bits = |c: &appliance::engine::generate::Completion| (c.tokens.clone(), c.logprobs.iter().map(|l| l.to_bits()).collect::<Vec<_>>());
+    for others in 1..=6usize {
+        let mut reqs: Vec<SeqRequest> = (0..others).map(|o| seq((0..3 + 11 * o as u32).map(|i| (i * 13 + o as u32) % 500).collect(), o as u64)).collect();
+        let at = others / 2;
+        reqs.insert(at, me.clone());
+        let got = generate_each(&mut model, &reqs, &[], false).unwrap();
+        assert_eq!(bits(&got[at]), bits(&alone), "beside {others} other sequences");
+    }
+}
+
 #[test]
 fn generation_stops_on_stop_tokens_and_at_context() {
     let cfg = small_config(false);

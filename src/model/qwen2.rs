@@ -16,7 +16,7 @@ use super::weights::Weights;
 use crate::backend::cpu::attention::{attend_row, attention_bwd, attention_fwd, AttnShape};
 use crate::backend::cpu::embedding::{embedding_bwd, embedding_fwd};
 use crate::backend::cpu::logprob::{logits_full, logprob_entropy_bwd, logprob_entropy_fwd, TokenLogprobs};
-use crate::backend::cpu::matmul::{linear_bwd, linear_fwd};
+use crate::backend::cpu::matmul::{linear_bwd, linear_fwd, linear_fwd_row_invariant};
 use crate::backend::cpu::rmsnorm::{rmsnorm_bwd, rmsnorm_fwd};
 use crate::backend::cpu::rope::{rope_bwd, rope_fwd, RopeTable};
 use crate::backend::cpu::swiglu::{swiglu_bwd, swiglu_fwd};
@@ -532,7 +532,9 @@ impl Model {
 
     /// Append `new[s]` to sequence `s` (whose cache is `caches[s]`) and return
     /// logits `[vocab]` for each appended token (`all_logits`) or only for the
-    /// last one of each sequence.
+    /// last one of each sequence. Every product is row-invariant
+    /// (`linear_fwd_row_invariant`) and attention runs per row, so a
+    /// sequence's logits are the same bits whatever else is in the batch.
     pub fn forward_cached(&mut self, new: &[&[u32]], caches: &mut [KvCache], all_logits: bool) -> Result<Vec<Vec<f32>>> {
         assert_eq!(new.len(), caches.len(), "one cache per sequence");
         let all: Vec<u32> = new.iter().flat_map(|s| s.iter().copied()).collect();
@@ -560,9 +562,9 @@ impl Model {
             let mut q = vec![0.0; n * qd];
             let mut k = vec![0.0; n * kvd];
             let mut v = vec![0.0; n * kvd];
-            linear_fwd(&mut q, &xn, &w.q_proj.data, w.q_bias.as_ref().map(|b| &b.data[..]), n, h, qd);
-            linear_fwd(&mut k, &xn, &w.k_proj.data, w.k_bias.as_ref().map(|b| &b.data[..]), n, h, kvd);
-            linear_fwd(&mut v, &xn, &w.v_proj.data, w.v_bias.as_ref().map(|b| &b.data[..]), n, h, kvd);
+            linear_fwd_row_invariant(&mut q, &xn, &w.q_proj.data, w.q_bias.as_ref().map(|b| &b.data[..]), n, h, qd);
+            linear_fwd_row_invariant(&mut k, &xn, &w.k_proj.data, w.k_bias.as_ref().map(|b| &b.data[..]), n, h, kvd);
+            linear_fwd_row_invariant(&mut v, &xn, &w.v_proj.data, w.v_bias.as_ref().map(|b| &b.data[..]), n, h, kvd);
             if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
                 let (q0, k0) = (q.clone(), k.clone());
                 let mut r = vec![0.0; n * cfg.num_heads];
@@ -589,17 +591,17 @@ impl Model {
                 }
             });
             let mut o = vec![0.0; n * h];
-            linear_fwd(&mut o, &attn, &w.o_proj.data, None, n, qd, h);
+            linear_fwd_row_invariant(&mut o, &attn, &w.o_proj.data, None, n, qd, h);
             x.iter_mut().zip(&o).for_each(|(x, o)| *x += o);
             rmsnorm_fwd(&mut xn, &mut rstd, &x, &w.post_norm.data, h, cfg.rms_norm_eps);
             let mut gate = vec![0.0; n * i];
             let mut up = vec![0.0; n * i];
-            linear_fwd(&mut gate, &xn, &w.gate_proj.data, None, n, h, i);
-            linear_fwd(&mut up, &xn, &w.up_proj.data, None, n, h, i);
+            linear_fwd_row_invariant(&mut gate, &xn, &w.gate_proj.data, None, n, h, i);
+            linear_fwd_row_invariant(&mut up, &xn, &w.up_proj.data, None, n, h, i);
             let mut act = vec![0.0; n * i];
             swiglu_fwd(&mut act, &gate, &up);
             let mut down = vec![0.0; n * h];
-            linear_fwd(&mut down, &act, &w.down_proj.data, None, n, i, h);
+            linear_fwd_row_invariant(&mut down, &act, &w.down_proj.data, None, n, i, h);
             x.iter_mut().zip(&down).for_each(|(x, d)| *x += d);
         }
         for (c, toks) in caches.iter_mut().zip(new) {
@@ -625,7 +627,8 @@ impl Model {
         let mut r = vec![0.0; m];
         rmsnorm_fwd(&mut hid, &mut r, &sel, &self.weights.final_norm.data, h, cfg.rms_norm_eps);
         let v = self.out_vocab();
-        let logits = logits_full(&hid, &self.weights.lm_head().data[..v * h], m, h, v);
+        let mut logits = vec![0.0; m * v];
+        linear_fwd_row_invariant(&mut logits, &hid, &self.weights.lm_head().data[..v * h], None, m, h, v);
         Ok(logits.chunks(v).map(<[f32]>::to_vec).collect())
     }
 }

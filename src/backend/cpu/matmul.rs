@@ -83,6 +83,100 @@ pub fn linear_fwd(y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, n: 
     }
 }
 
+/// `linear_fwd` whose every output row depends on its own input row only,
+/// never on how many rows are computed with it: the generation engine's
+/// product, so that a sequence samples the same tokens whether it decodes
+/// alone or batched beside others (a batch's make-up depends on timing).
+/// The `gemm` crate does not promise that: it takes other paths and other
+/// blockings of the summed dimension for other row counts, and a last-bit
+/// difference in a logit changes a sampled token now and then.
+///
+/// Each output is one dot product in a fixed order: 8 lanes over the summed
+/// dimension (the tail onto lanes 0..), then a fixed pairwise sum of the
+/// lanes, then the bias. Work goes out in blocks of 4 rows × 4 outputs (a
+/// block's edge repeats its last row or output and drops the copies, so
+/// every output runs the same arithmetic), the outputs split over threads.
+pub fn linear_fwd_row_invariant(y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, d_in: usize, d_out: usize) {
+    use rayon::prelude::*;
+    assert_eq!(y.len(), n * d_out, "linear: y has {} values, want {n}x{d_out}", y.len());
+    assert_eq!(x.len(), n * d_in, "linear: x has {} values, want {n}x{d_in}", x.len());
+    assert_eq!(w.len(), d_out * d_in, "linear: w has {} values, want {d_out}x{d_in}", w.len());
+    if let Some(b) = bias {
+        assert_eq!(b.len(), d_out, "linear: the bias has {} values, want {d_out}", b.len());
+    }
+    if n == 0 || d_out == 0 {
+        return;
+    }
+    // Outputs per task: enough work per task at small n, a few tasks per thread.
+    const COLS: usize = 64;
+    let row = |r: usize| &x[r * d_in..(r + 1) * d_in];
+    let wrow = |j: usize| &w[j * d_in..(j + 1) * d_in];
+    let task = |t: usize| {
+        let (j0, j1) = (t * COLS, ((t + 1) * COLS).min(d_out));
+        let mut out = vec![0.0f32; n * (j1 - j0)];
+        for r0 in (0..n).step_by(4) {
+            let rs: [usize; 4] = std::array::from_fn(|i| (r0 + i).min(n - 1));
+            for c0 in (j0..j1).step_by(4) {
+                let cs: [usize; 4] = std::array::from_fn(|i| (c0 + i).min(j1 - 1));
+                let d = dots_4x4(rs.map(row), cs.map(wrow), d_in);
+                for (i, &r) in rs.iter().enumerate().take(n - r0) {
+                    for (k, &j) in cs.iter().enumerate().take(j1 - c0) {
+                        out[r * (j1 - j0) + (j - j0)] = d[i][k];
+                    }
+                }
+            }
+        }
+        (j0, out)
+    };
+    // Small products run on this thread (the same arithmetic per output).
+    let tasks = d_out.div_ceil(COLS);
+    let parts: Vec<(usize, Vec<f32>)> = if n * d_in * d_out < 1 << 18 { (0..tasks).map(task).collect() } else { (0..tasks).into_par_iter().map(task).collect() };
+    for (j0, out) in parts {
+        let width = out.len() / n;
+        for (r, part) in out.chunks(width).enumerate() {
+            y[r * d_out + j0..r * d_out + j0 + width].copy_from_slice(part);
+        }
+    }
+    if let Some(b) = bias {
+        for yr in y.chunks_mut(d_out) {
+            yr.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+        }
+    }
+}
+
+/// The 16 dot products of 4 rows of x with 4 rows of W, each in the fixed
+/// order `linear_fwd_row_invariant` states.
+#[inline(always)]
+fn dots_4x4(x: [&[f32]; 4], w: [&[f32]; 4], k: usize) -> [[f32; 4]; 4] {
+    const LANES: usize = 8;
+    let mut acc = [[[0.0f32; LANES]; 4]; 4];
+    let full = k / LANES * LANES;
+    let mut i = 0;
+    while i < full {
+        let xs: [&[f32]; 4] = x.map(|r| &r[i..i + LANES]);
+        for (c, wr) in w.iter().enumerate() {
+            let wc = &wr[i..i + LANES];
+            for r in 0..4 {
+                for l in 0..LANES {
+                    acc[r][c][l] += xs[r][l] * wc[l];
+                }
+            }
+        }
+        i += LANES;
+    }
+    let mut out = [[0.0f32; 4]; 4];
+    for r in 0..4 {
+        for c in 0..4 {
+            let a = &mut acc[r][c];
+            for (l, idx) in (full..k).enumerate() {
+                a[l] += x[r][idx] * w[c][idx];
+            }
+            out[r][c] = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+        }
+    }
+    out
+}
+
 /// Backward of `linear_fwd`: `dx (+)= dy · W`, `dW += dy^T · x`, `db += Σ dy`.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_bwd(
@@ -127,6 +221,42 @@ pub fn matmul_naive(c: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: 
 mod tests {
     use super::*;
     use crate::backend::cpu::gradcheck::{check_gradient, project, random_vec};
+
+    #[test]
+    fn row_invariant_linear_rows_do_not_depend_on_their_batch() {
+        // d_in with a tail past the 8 lanes, d_out over two tasks and not a
+        // multiple of the 4-wide blocks, every row count up to 13.
+        let (din, dout) = (133, 70);
+        let x = random_vec(13 * din, 5);
+        let w = random_vec(dout * din, 6);
+        let b = random_vec(dout, 7);
+        let alone: Vec<Vec<f32>> = (0..13)
+            .map(|r| {
+                let mut y = vec![0.0; dout];
+                linear_fwd_row_invariant(&mut y, &x[r * din..(r + 1) * din], &w, Some(&b), 1, din, dout);
+                y
+            })
+            .collect();
+        for n in 1..=13 {
+            let mut y = vec![f32::NAN; n * dout];
+            linear_fwd_row_invariant(&mut y, &x[..n * din], &w, Some(&b), n, din, dout);
+            let mut want = vec![0.0; n * dout];
+            linear_fwd(&mut want, &x[..n * din], &w, Some(&b), n, din, dout);
+            for r in 0..n {
+                let row = &y[r * dout..(r + 1) * dout];
+                assert!(row.iter().zip(&alone[r]).all(|(a, b)| a.to_bits() == b.to_bits()), "n {n}: row {r} differs from the row computed alone");
+                for (a, b) in row.iter().zip(&want[r * dout..(r + 1) * dout]) {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "n {n} row {r}: {a} vs gemm's {b}");
+                }
+            }
+        }
+        // Rows that hold the same input give the same bits wherever they sit.
+        let mut twice = x[..din].to_vec();
+        twice.extend_from_slice(&x[..din]);
+        let mut y = vec![0.0; 2 * dout];
+        linear_fwd_row_invariant(&mut y, &twice, &w, None, 2, din, dout);
+        assert_eq!(y[..dout].iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y[dout..].iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    }
 
     #[test]
     fn linear_backward_matches_finite_differences() {
