@@ -284,10 +284,8 @@ pub fn fused_loss_buffers() -> Vec<TokenTensor> {
 /// split-vocabulary records) and its chunked backward (one block of f32
 /// logits and bf16 g, at most `logprob::CHUNK_BUDGET_BYTES`), never live
 /// together, sized for every batch up to `tokens` (the forward splits the
-/// vocabulary more finely for fewer rows). `hidden` is unused since the
-/// backward went to cuBLAS (the self-contained kernels' partial dhidden
-/// sums needed it); kept so the plan's callers state the shape.
-pub fn fused_loss_workspace_bytes(tokens: usize, _hidden: usize, vocab: usize) -> u64 {
+/// vocabulary more finely for fewer rows).
+pub fn fused_loss_workspace_bytes(tokens: usize, vocab: usize) -> u64 {
     logprob::fwd_workspace_bytes_upto(tokens, vocab).max(logprob::bwd_chunked_workspace_bytes_upto(tokens, vocab)) as u64
 }
 
@@ -442,7 +440,7 @@ pub fn plan_scored(cfg: &ModelConfig, scored_vocab: usize, model: &str, req: &Pl
         format!("D = rowsum(dO∘O): {tokens} tokens × {} heads × 4 B", cfg.num_heads),
     );
     let loss_per_token = bytes_per_token(&fused_loss_buffers());
-    let loss_ws = fused_loss_workspace_bytes(tokens as usize, cfg.hidden_size, scored_vocab);
+    let loss_ws = fused_loss_workspace_bytes(tokens as usize, scored_vocab);
     let fused_loss_bytes = tokens * loss_per_token + loss_ws;
     add(names::LOSS, fused_loss_bytes, format!("{tokens} tokens × {loss_per_token} B + a {loss_ws} B workspace (never [tokens, vocab])"));
     let per_input = bytes_per_token(&batch_inputs());
@@ -562,7 +560,7 @@ mod tests {
         req.chunk_tokens = 8; // two chunks
         let p = plan(&cfg, "toy", &req).unwrap();
         assert_eq!(p.tokens, 16);
-        let ws = fused_loss_workspace_bytes(16, 4, 10);
+        let ws = fused_loss_workspace_bytes(16, 10);
         assert!(ws > 0);
         let want: &[(&str, u64)] = &[
             (names::WEIGHTS, 656),
@@ -634,7 +632,7 @@ mod tests {
             req.batch = batch;
             let p = plan(&cfg, "7b", &req).unwrap();
             let t = (seq * batch) as u64;
-            let ws = fused_loss_workspace_bytes(seq * batch, 3584, 152064);
+            let ws = fused_loss_workspace_bytes(seq * batch, 152064);
             assert_eq!(p.materialized_logits_bytes, t * 152064 * 8);
             assert_eq!(p.fused_loss_saving_bytes, t * 152064 * 8 - ws);
             assert_eq!(p.bytes(names::LOSS), t * 24 + ws);

@@ -894,7 +894,7 @@ fn allocate_step_buffers(dev: &mut dyn Device, memory: &mut DeviceMemory, c: &Mo
         dvp,
         dout_b: a(g, n * heads * hdp * BF16)?,
         ws_attn: a(names::FLASH, flash_attn_bwd_workspace_bytes(n, shape))?,
-        ws_lp: a(names::LOSS, memory_plan::fused_loss_workspace_bytes(n, h, v) as usize)?,
+        ws_lp: a(names::LOSS, memory_plan::fused_loss_workspace_bytes(n, v) as usize)?,
     };
     dev.write_f32(b.ones, &vec![1.0; n])?;
     Ok(b)
