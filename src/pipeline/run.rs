@@ -263,6 +263,14 @@ fn read_rft_inputs(cfg: &Config) -> Result<Vec<Trajectory>> {
 }
 
 /// Append one metrics record: `kind`, `t_s`, then the fields of `v`.
+/// Order trajectories as `tasks`, then by sample (stable; trajectories of
+/// other tasks last): the order of the jobs that made them, whatever order
+/// they ended in.
+pub fn sort_by_task(trajs: &mut [Trajectory], tasks: &[Task]) {
+    let order: BTreeMap<&str, usize> = tasks.iter().enumerate().map(|(i, t)| (t.instance_id.as_str(), i)).collect();
+    trajs.sort_by_key(|t| (order.get(t.instance_id.as_str()).copied().unwrap_or(usize::MAX), t.sample));
+}
+
 fn emit_to(metrics: &mut JsonlWriter, t_s: f64, kind: &str, v: Value) -> Result<()> {
     let mut rec = serde_json::Map::new();
     rec.insert("kind".into(), json!(kind));
@@ -505,10 +513,9 @@ impl Run {
         let mut w = JsonlWriter::open(&path)?;
         let opts = RolloutOptions { samples, seed, env_retries: self.cfg.rollout.env_retries, progress: self.progress_bars };
         let (new, totals) = self.rt.block_on(rollout(&self.pool, &self.sc, policy, tasks, images, &opts, self.cfg.rollout.concurrency, Some(&mut w), &done))?;
-        let order: BTreeMap<&str, usize> = tasks.iter().enumerate().map(|(i, t)| (t.instance_id.as_str(), i)).collect();
         let mut all = old;
         all.extend(new);
-        all.sort_by_key(|t| (order.get(t.instance_id.as_str()).copied().unwrap_or(usize::MAX), t.sample));
+        sort_by_task(&mut all, tasks);
         Ok((all, totals))
     }
 
@@ -641,6 +648,9 @@ impl Run {
     fn rft_train(&mut self) -> Result<()> {
         let path = self.dir.trajectories("rft-samples");
         let mut trajs = read_trajectories(&path)?.items;
+        // The file holds episodes in the order they ended, which depends on
+        // timing when several run at once: train in the tasks' order.
+        sort_by_task(&mut trajs, &self.train);
         let own = trajs.len();
         trajs.extend(self.extra_rft.iter().cloned());
         let (examples, sel) = rft::select(&trajs);
@@ -843,10 +853,9 @@ mod tests {
         assert_eq!(units(&c).len(), 4);
     }
 
-    #[test]
-    fn eval_result_is_the_mean_over_tasks_with_its_sem() {
+    fn traj(id: &str, sample: u32, reward: Option<f64>) -> Trajectory {
         use crate::agent::trajectory::{Ledger, Timing};
-        let t = |id: &str, sample: u32, reward: Option<f64>| Trajectory {
+        Trajectory {
             format_version: 1,
             instance_id: id.into(),
             sample,
@@ -863,7 +872,23 @@ mod tests {
             final_reward: reward,
             attempts: 1,
             timing: Timing::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn trajectories_go_in_the_order_of_their_tasks_whatever_order_they_ended_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let tasks = micro::micro_tasks(0, 3, dir.path()).unwrap();
+        let id = |i: usize| tasks[i].instance_id.as_str();
+        let mut v = vec![traj(id(2), 0, None), traj("other", 0, None), traj(id(0), 1, None), traj(id(2), 1, None), traj(id(0), 0, None), traj(id(1), 0, None)];
+        sort_by_task(&mut v, &tasks);
+        let got: Vec<(&str, u32)> = v.iter().map(|t| (t.instance_id.as_str(), t.sample)).collect();
+        assert_eq!(got, [(id(0), 0), (id(0), 1), (id(1), 0), (id(2), 0), (id(2), 1), ("other", 0)]);
+    }
+
+    #[test]
+    fn eval_result_is_the_mean_over_tasks_with_its_sem() {
+        let t = traj;
         // task a: 2/2, task b: 0/2, task c: 1/1 scored (one unscored)
         let v = [t("a", 0, Some(1.0)), t("a", 1, Some(1.0)), t("b", 0, Some(0.0)), t("b", 1, Some(0.0)), t("c", 0, Some(1.0)), t("c", 1, None)];
         let r = eval_result(&v);
