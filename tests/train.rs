@@ -85,8 +85,9 @@ max_context_tokens = 760
 prompt = "brief"
 
 [rollout]
-# One episode at a time: the engine then decodes each sequence alone, which
-# is bit-for-bit reproducible (see the determinism contract).
+# One episode at a time here; the killed run takes three at once, and must
+# still give the same records: the engine's forward is row-invariant and
+# everything downstream is ordered by task, not by when an episode ended.
 concurrency = 1
 
 [optim]
@@ -117,7 +118,10 @@ mini_batch = 1
 /// kill -9 in the middle of a DAPO iteration after the first (after its
 /// first optimizer step was recorded, so the checkpoint it resumes from
 /// holds AdamW moments), resume, and the metrics, summary and final
-/// weights are those of an uninterrupted run with the same seed.
+/// weights are those of an uninterrupted run with the same seed. The
+/// killed run decodes three episodes at once (the uninterrupted one, one):
+/// which episodes share a batch then depends on timing, and must not
+/// change a bit.
 #[test]
 fn a_killed_run_resumes_to_the_same_records_as_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -145,9 +149,12 @@ fn a_killed_run_resumes_to_the_same_records_as_an_uninterrupted_one() {
     }
     assert!(trained >= 2, "{want:#?}");
 
-    // The same run, killed with SIGKILL right after that iteration's first step.
+    // The same run, three episodes at a time, killed with SIGKILL right
+    // after that iteration's first step.
+    let batched = write(dir.path(), "small-batched.toml", &SMALL.replace("concurrency = 1", "concurrency = 3"));
+    let batched = batched.to_str().unwrap();
     let killed = dir.path().join("killed");
-    let mut child = bin().args(["--config", cfg, "train", "--quiet", "--out", killed.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = bin().args(["--config", batched, "train", "--quiet", "--out", killed.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let t0 = Instant::now();
     let at = format!("\"iteration\":{kill_in},");
     loop {
