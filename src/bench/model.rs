@@ -1,6 +1,7 @@
 //! The `model` suite: forward+backward tokens/s (keeping activations, and
 //! with recomputation) and generation tokens/s (batch 1 and batch 8) for a
-//! stated config, on the CPU backend (the GPU backend comes later).
+//! stated config, on the CPU backend (the GPU backend comes later); and the
+//! engine's row-invariant product against the gemm crate's.
 
 use super::{measure, Row};
 use crate::engine::{generate, SamplingParams};
@@ -44,6 +45,28 @@ pub fn run(repeats: usize) -> Result<Vec<Row>> {
             let out = generate(&mut model, &prompts, &params, &[], false)?;
             Ok(out.iter().map(|c| c.tokens.len()).sum::<usize>() as f64)
         })?);
+    }
+    // The engine's row-invariant product against the gemm crate's, at the
+    // shape of one MLP projection of Qwen2.5-0.5B (896 -> 4864): decode
+    // (8 rows) and prefill (512 rows). What reproducible batching costs.
+    let (din, dout) = (896usize, 4864usize);
+    let w = crate::backend::cpu::gradcheck::random_vec(dout * din, 1);
+    for n in [8usize, 512] {
+        let x = crate::backend::cpu::gradcheck::random_vec(n * din, 2);
+        let mut y = vec![0.0f32; n * dout];
+        let flops = 2.0 * (n * din * dout) as f64 / 1e9;
+        let gemm = measure("model", &format!("linear {n}x{din}->{dout}, gemm crate"), "GFLOP/s", repeats, false, true, || {
+            crate::backend::cpu::matmul::linear_fwd(&mut y, &x, &w, None, n, din, dout);
+            Ok(flops)
+        })?;
+        let inv = measure("model", &format!("linear {n}x{din}->{dout}, row-invariant (the engine's)"), "GFLOP/s", repeats, false, true, || {
+            crate::backend::cpu::matmul::linear_fwd_row_invariant(&mut y, &x, &w, None, n, din, dout);
+            Ok(flops)
+        })?;
+        let ratio = inv.median / gemm.median;
+        rows.push(gemm);
+        rows.push(inv);
+        rows.push(Row::derived("model", format!("row-invariant / gemm crate speed, {n} rows"), ratio, "x", repeats));
     }
     Ok(rows)
 }

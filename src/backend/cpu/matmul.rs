@@ -85,19 +85,23 @@ pub fn linear_fwd(y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, n: 
 
 /// `linear_fwd` whose every output row depends on its own input row only,
 /// never on how many rows are computed with it: the generation engine's
-/// product, so that a sequence samples the same tokens whether it decodes
+/// product, so that a sequence samples the same bits whether it decodes
 /// alone or batched beside others (a batch's make-up depends on timing).
-/// The `gemm` crate does not promise that: it takes other paths and other
-/// blockings of the summed dimension for other row counts, and a last-bit
-/// difference in a logit changes a sampled token now and then.
+/// The `gemm` crate does not promise that across shapes: it takes other
+/// paths and other blockings of the summed dimension for other row counts,
+/// and a last-bit difference in a logit changes a sampled token now and then.
 ///
-/// Each output is one dot product in a fixed order: 8 lanes over the summed
-/// dimension (the tail onto lanes 0..), then a fixed pairwise sum of the
-/// lanes, then the bias. Work goes out in blocks of 4 rows × 4 outputs (a
-/// block's edge repeats its last row or output and drops the copies, so
-/// every output runs the same arithmetic), the outputs split over threads.
+/// So every output comes from one and the same `gemm` call shape:
+/// `[ROWS, d_in] · [d_in, COLS]` on one thread, over blocks of rows and
+/// output columns. A block at an edge is padded (zero rows, repeated weight
+/// rows, through scratch copies) to the full shape and its extra outputs
+/// dropped. Within a call each output is its own lane of the same
+/// instruction sequence over the summed dimension, so where a row sits in
+/// its block does not matter either (tests check every place).
 pub fn linear_fwd_row_invariant(y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, d_in: usize, d_out: usize) {
     use rayon::prelude::*;
+    const ROWS: usize = 8;
+    const COLS: usize = 64;
     assert_eq!(y.len(), n * d_out, "linear: y has {} values, want {n}x{d_out}", y.len());
     assert_eq!(x.len(), n * d_in, "linear: x has {} values, want {n}x{d_in}", x.len());
     assert_eq!(w.len(), d_out * d_in, "linear: w has {} values, want {d_out}x{d_in}", w.len());
@@ -107,34 +111,69 @@ pub fn linear_fwd_row_invariant(y: &mut [f32], x: &[f32], w: &[f32], bias: Optio
     if n == 0 || d_out == 0 {
         return;
     }
-    // Outputs per task: enough work per task at small n, a few tasks per thread.
-    const COLS: usize = 64;
-    let row = |r: usize| &x[r * d_in..(r + 1) * d_in];
-    let wrow = |j: usize| &w[j * d_in..(j + 1) * d_in];
-    let task = |t: usize| {
-        let (j0, j1) = (t * COLS, ((t + 1) * COLS).min(d_out));
-        let mut out = vec![0.0f32; n * (j1 - j0)];
-        for r0 in (0..n).step_by(4) {
-            let rs: [usize; 4] = std::array::from_fn(|i| (r0 + i).min(n - 1));
-            for c0 in (j0..j1).step_by(4) {
-                let cs: [usize; 4] = std::array::from_fn(|i| (c0 + i).min(j1 - 1));
-                let d = dots_4x4(rs.map(row), cs.map(wrow), d_in);
-                for (i, &r) in rs.iter().enumerate().take(n - r0) {
-                    for (k, &j) in cs.iter().enumerate().take(j1 - c0) {
-                        out[r * (j1 - j0) + (j - j0)] = d[i][k];
-                    }
+    if d_in == 0 {
+        y.iter_mut().for_each(|v| *v = 0.0);
+    } else {
+        let (row_blocks, col_blocks) = (n.div_ceil(ROWS), d_out.div_ceil(COLS));
+        // One block: out[ROWS, COLS] = x[r0.., :] · w[c0.., :]^T, padded.
+        let block = |t: usize| -> (usize, usize, Vec<f32>) {
+            let (r0, c0) = ((t / col_blocks) * ROWS, (t % col_blocks) * COLS);
+            let (rows, cols) = (ROWS.min(n - r0), COLS.min(d_out - c0));
+            let xs: std::borrow::Cow<[f32]> = if rows == ROWS {
+                std::borrow::Cow::Borrowed(&x[r0 * d_in..(r0 + ROWS) * d_in])
+            } else {
+                let mut p = vec![0.0f32; ROWS * d_in];
+                p[..rows * d_in].copy_from_slice(&x[r0 * d_in..(r0 + rows) * d_in]);
+                std::borrow::Cow::Owned(p)
+            };
+            let ws: std::borrow::Cow<[f32]> = if cols == COLS {
+                std::borrow::Cow::Borrowed(&w[c0 * d_in..(c0 + COLS) * d_in])
+            } else {
+                let mut p = Vec::with_capacity(COLS * d_in);
+                for j in 0..COLS {
+                    let src = c0 + j.min(cols - 1);
+                    p.extend_from_slice(&w[src * d_in..(src + 1) * d_in]);
                 }
+                std::borrow::Cow::Owned(p)
+            };
+            let mut out = vec![0.0f32; ROWS * COLS];
+            // SAFETY: out is [ROWS, COLS] (row stride COLS), xs is
+            // [ROWS, d_in] (row stride d_in), ws is [COLS, d_in] read as its
+            // transpose (column stride d_in); every index is in bounds and
+            // out aliases neither input.
+            unsafe {
+                gemm::gemm(
+                    ROWS,
+                    COLS,
+                    d_in,
+                    out.as_mut_ptr(),
+                    1,
+                    COLS as isize,
+                    false,
+                    xs.as_ptr(),
+                    1,
+                    d_in as isize,
+                    ws.as_ptr(),
+                    d_in as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
             }
-        }
-        (j0, out)
-    };
-    // Small products run on this thread (the same arithmetic per output).
-    let tasks = d_out.div_ceil(COLS);
-    let parts: Vec<(usize, Vec<f32>)> = if n * d_in * d_out < 1 << 18 { (0..tasks).map(task).collect() } else { (0..tasks).into_par_iter().map(task).collect() };
-    for (j0, out) in parts {
-        let width = out.len() / n;
-        for (r, part) in out.chunks(width).enumerate() {
-            y[r * d_out + j0..r * d_out + j0 + width].copy_from_slice(part);
+            (r0, c0, out)
+        };
+        let tasks = row_blocks * col_blocks;
+        let blocks: Vec<(usize, usize, Vec<f32>)> =
+            if n * d_in * d_out < 1 << 20 { (0..tasks).map(block).collect() } else { (0..tasks).into_par_iter().map(block).collect() };
+        for (r0, c0, out) in blocks {
+            let cols = COLS.min(d_out - c0);
+            for (i, part) in out.chunks(COLS).take(n - r0).enumerate() {
+                y[(r0 + i) * d_out + c0..(r0 + i) * d_out + c0 + cols].copy_from_slice(&part[..cols]);
+            }
         }
     }
     if let Some(b) = bias {
@@ -142,39 +181,6 @@ pub fn linear_fwd_row_invariant(y: &mut [f32], x: &[f32], w: &[f32], bias: Optio
             yr.iter_mut().zip(b).for_each(|(v, b)| *v += b);
         }
     }
-}
-
-/// The 16 dot products of 4 rows of x with 4 rows of W, each in the fixed
-/// order `linear_fwd_row_invariant` states.
-#[inline(always)]
-fn dots_4x4(x: [&[f32]; 4], w: [&[f32]; 4], k: usize) -> [[f32; 4]; 4] {
-    const LANES: usize = 8;
-    let mut acc = [[[0.0f32; LANES]; 4]; 4];
-    let full = k / LANES * LANES;
-    let mut i = 0;
-    while i < full {
-        let xs: [&[f32]; 4] = x.map(|r| &r[i..i + LANES]);
-        for (c, wr) in w.iter().enumerate() {
-            let wc = &wr[i..i + LANES];
-            for r in 0..4 {
-                for l in 0..LANES {
-                    acc[r][c][l] += xs[r][l] * wc[l];
-                }
-            }
-        }
-        i += LANES;
-    }
-    let mut out = [[0.0f32; 4]; 4];
-    for r in 0..4 {
-        for c in 0..4 {
-            let a = &mut acc[r][c];
-            for (l, idx) in (full..k).enumerate() {
-                a[l] += x[r][idx] * w[c][idx];
-            }
-            out[r][c] = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
-        }
-    }
-    out
 }
 
 /// Backward of `linear_fwd`: `dx (+)= dy · W`, `dW += dy^T · x`, `db += Σ dy`.
@@ -224,9 +230,15 @@ mod tests {
 
     #[test]
     fn row_invariant_linear_rows_do_not_depend_on_their_batch() {
-        // d_in with a tail past the 8 lanes, d_out over two tasks and not a
-        // multiple of the 4-wide blocks, every row count up to 13.
-        let (din, dout) = (133, 70);
+        // Every row count up to 13 (one and two blocks of 8 rows, every place
+        // in a block), outputs in one block, in several, and with a padded
+        // last block, the tiny model's shapes among them.
+        for (din, dout) in [(133, 70), (128, 64), (384, 128), (64, 200)] {
+            row_invariance_at(din, dout);
+        }
+    }
+
+    fn row_invariance_at(din: usize, dout: usize) {
         let x = random_vec(13 * din, 5);
         let w = random_vec(dout * din, 6);
         let b = random_vec(dout, 7);
