@@ -262,7 +262,6 @@ fn read_rft_inputs(cfg: &Config) -> Result<Vec<Trajectory>> {
     Ok(out)
 }
 
-/// Append one metrics record: `kind`, `t_s`, then the fields of `v`.
 /// Order trajectories as `tasks`, then by sample (stable; trajectories of
 /// other tasks last): the order of the jobs that made them, whatever order
 /// they ended in.
@@ -271,6 +270,7 @@ pub fn sort_by_task(trajs: &mut [Trajectory], tasks: &[Task]) {
     trajs.sort_by_key(|t| (order.get(t.instance_id.as_str()).copied().unwrap_or(usize::MAX), t.sample));
 }
 
+/// Append one metrics record: `kind`, `t_s`, then the fields of `v`.
 fn emit_to(metrics: &mut JsonlWriter, t_s: f64, kind: &str, v: Value) -> Result<()> {
     let mut rec = serde_json::Map::new();
     rec.insert("kind".into(), json!(kind));
