@@ -227,11 +227,16 @@ fn bench_model_json_has_tokens_per_s_and_compare_gives_ratios() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let rows = v["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 4);
-    for r in rows {
+    assert_eq!(rows.len(), 10);
+    let tokens: Vec<&serde_json::Value> = rows.iter().filter(|r| r["unit"] == "tokens/s").collect();
+    assert_eq!(tokens.len(), 4);
+    for r in tokens {
         assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["util_mean_pct"].is_number() || r["util_mean_pct"].is_null());
     }
+    // The engine's row-invariant product against gemm's, a ratio per shape.
+    let ratios = rows.iter().filter(|r| r["unit"] == "x" && r["name"].as_str().unwrap().starts_with("row-invariant / gemm")).count();
+    assert_eq!(ratios, 2, "{rows:#?}");
     assert!(v["hardware"]["cores"].as_u64().unwrap() >= 1);
     assert_eq!(std::fs::read(&first).unwrap(), o.stdout.trim_ascii_end(), "--out holds the same report");
     let o = run(&["bench", "kernels", "--repeats", "1", "--compare", first.to_str().unwrap()]);
