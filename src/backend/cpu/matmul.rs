@@ -15,6 +15,29 @@ fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     }
 }
 
+/// The one raw `gemm` call: `c[m,n] (+)= a[m,k] · b[k,n]`, every operand
+/// given by its (row stride, column stride).
+///
+/// # Safety
+/// Every index the strides reach for the given shapes must be in bounds of
+/// its buffer, and `c` must alias neither input.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_strided(
+    (m, k, n): (usize, usize, usize),
+    c: *mut f32,
+    c_rs: isize,
+    accumulate: bool,
+    a: *const f32,
+    (a_rs, a_cs): (isize, isize),
+    b: *const f32,
+    (b_rs, b_cs): (isize, isize),
+    par: Parallelism,
+) {
+    // gemm computes dst = alpha·dst + beta·lhs·rhs, reading dst only when
+    // asked to.
+    gemm::gemm(m, n, k, c, 1, c_rs, accumulate, a, a_cs, a_rs, b, b_cs, b_rs, 1.0, 1.0, false, false, false, par);
+}
+
 /// `c[m,n] (+)= op(a) · op(b)` where `op(a)` is `[m,k]` and `op(b)` is `[k,n]`.
 /// `a` is stored `[m,k]`, or `[k,m]` when `trans_a`; `b` is `[k,n]`, or
 /// `[n,k]` when `trans_b`. All buffers are row-major and contiguous.
@@ -43,43 +66,49 @@ pub fn matmul(
         return;
     }
     // (row stride, column stride) of each operand as seen in its op() shape.
-    let (a_rs, a_cs) = if trans_a { (1isize, m as isize) } else { (k as isize, 1) };
-    let (b_rs, b_cs) = if trans_b { (1isize, k as isize) } else { (n as isize, 1) };
+    let a_strides = if trans_a { (1isize, m as isize) } else { (k as isize, 1) };
+    let b_strides = if trans_b { (1isize, k as isize) } else { (n as isize, 1) };
     // SAFETY: the asserts above guarantee every index gemm touches is in
     // bounds for the given shapes and strides; c does not alias a or b
     // (guaranteed by the borrow checker).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(m, n, k),
-        );
+    unsafe { gemm_strided((m, k, n), c.as_mut_ptr(), n as isize, accumulate, a.as_ptr(), a_strides, b.as_ptr(), b_strides, parallelism(m, n, k)) }
+}
+
+/// The shapes `linear_fwd` and `linear_fwd_row_invariant` require.
+fn check_linear(y: &[f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, d_in: usize, d_out: usize) {
+    assert_eq!(y.len(), n * d_out, "linear: y has {} values, want {n}x{d_out}", y.len());
+    assert_eq!(x.len(), n * d_in, "linear: x has {} values, want {n}x{d_in}", x.len());
+    assert_eq!(w.len(), d_out * d_in, "linear: w has {} values, want {d_out}x{d_in}", w.len());
+    if let Some(b) = bias {
+        assert_eq!(b.len(), d_out, "linear: the bias has {} values, want {d_out}", b.len());
+    }
+}
+
+fn add_bias(y: &mut [f32], bias: Option<&[f32]>, d_out: usize) {
+    if let (Some(b), true) = (bias, d_out > 0) {
+        for row in y.chunks_mut(d_out) {
+            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+        }
     }
 }
 
 /// `y[n,out] = x[n,in] · W[out,in]^T (+ b)`, the PyTorch `nn.Linear` layout.
 pub fn linear_fwd(y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, d_in: usize, d_out: usize) {
+    check_linear(y, x, w, bias, n, d_in, d_out);
     matmul(y, x, w, n, d_in, d_out, false, true, false);
-    if let Some(b) = bias {
-        for row in y.chunks_mut(d_out) {
-            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-        }
+    add_bias(y, bias, d_out);
+}
+
+/// `y`'s base pointer, shared by the row-invariant product's block tasks,
+/// which write disjoint blocks of it.
+struct BlockTarget(*mut f32);
+// SAFETY: the tasks sharing it write disjoint elements (see its use).
+unsafe impl Send for BlockTarget {}
+unsafe impl Sync for BlockTarget {}
+impl BlockTarget {
+    fn at(&self, offset: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets inside the buffer.
+        unsafe { self.0.add(offset) }
     }
 }
 
@@ -93,21 +122,18 @@ pub fn linear_fwd(y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, n: 
 ///
 /// So every output comes from one and the same `gemm` call shape:
 /// `[ROWS, d_in] · [d_in, COLS]` on one thread, over blocks of rows and
-/// output columns. A block at an edge is padded (zero rows, repeated weight
-/// rows, through scratch copies) to the full shape and its extra outputs
-/// dropped. Within a call each output is its own lane of the same
-/// instruction sequence over the summed dimension, so where a row sits in
-/// its block does not matter either (tests check every place).
+/// output columns. A full block writes straight into `y`; a block at an
+/// edge is padded (zero rows, repeated weight rows, through scratch copies)
+/// to the full shape and its extra outputs dropped. Within a call each
+/// output is its own lane of the same instruction sequence over the summed
+/// dimension, so where a row sits in its block does not matter either, nor
+/// does the destination's row stride (tests check every place).
 pub fn linear_fwd_row_invariant(y: &mut [f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize, d_in: usize, d_out: usize) {
     use rayon::prelude::*;
+    use std::borrow::Cow;
     const ROWS: usize = 8;
     const COLS: usize = 64;
-    assert_eq!(y.len(), n * d_out, "linear: y has {} values, want {n}x{d_out}", y.len());
-    assert_eq!(x.len(), n * d_in, "linear: x has {} values, want {n}x{d_in}", x.len());
-    assert_eq!(w.len(), d_out * d_in, "linear: w has {} values, want {d_out}x{d_in}", w.len());
-    if let Some(b) = bias {
-        assert_eq!(b.len(), d_out, "linear: the bias has {} values, want {d_out}", b.len());
-    }
+    check_linear(y, x, w, bias, n, d_in, d_out);
     if n == 0 || d_out == 0 {
         return;
     }
@@ -115,72 +141,69 @@ pub fn linear_fwd_row_invariant(y: &mut [f32], x: &[f32], w: &[f32], bias: Optio
         y.iter_mut().for_each(|v| *v = 0.0);
     } else {
         let (row_blocks, col_blocks) = (n.div_ceil(ROWS), d_out.div_ceil(COLS));
-        // One block: out[ROWS, COLS] = x[r0.., :] · w[c0.., :]^T, padded.
-        let block = |t: usize| -> (usize, usize, Vec<f32>) {
+        let target = BlockTarget(y.as_mut_ptr());
+        // One block: y[r0.., c0..] = x[r0.., :] · w[c0.., :]^T.
+        let block = |t: usize| {
             let (r0, c0) = ((t / col_blocks) * ROWS, (t % col_blocks) * COLS);
             let (rows, cols) = (ROWS.min(n - r0), COLS.min(d_out - c0));
-            let xs: std::borrow::Cow<[f32]> = if rows == ROWS {
-                std::borrow::Cow::Borrowed(&x[r0 * d_in..(r0 + ROWS) * d_in])
+            let x_rows = (d_in as isize, 1);
+            let w_transposed = (1, d_in as isize);
+            if rows == ROWS && cols == COLS {
+                // SAFETY: x holds rows r0..r0+ROWS and w rows c0..c0+COLS
+                // (asserted shapes); the destination, rows r0..r0+ROWS and
+                // columns c0..c0+COLS of y at row stride d_out, lies in y
+                // and belongs to this task alone (t is a distinct block);
+                // y aliases neither input.
+                unsafe {
+                    gemm_strided(
+                        (ROWS, d_in, COLS),
+                        target.at(r0 * d_out + c0),
+                        d_out as isize,
+                        false,
+                        x[r0 * d_in..].as_ptr(),
+                        x_rows,
+                        w[c0 * d_in..].as_ptr(),
+                        w_transposed,
+                        Parallelism::None,
+                    )
+                }
+                return;
+            }
+            let xs: Cow<[f32]> = if rows == ROWS {
+                Cow::Borrowed(&x[r0 * d_in..(r0 + ROWS) * d_in])
             } else {
                 let mut p = vec![0.0f32; ROWS * d_in];
                 p[..rows * d_in].copy_from_slice(&x[r0 * d_in..(r0 + rows) * d_in]);
-                std::borrow::Cow::Owned(p)
+                Cow::Owned(p)
             };
-            let ws: std::borrow::Cow<[f32]> = if cols == COLS {
-                std::borrow::Cow::Borrowed(&w[c0 * d_in..(c0 + COLS) * d_in])
+            let ws: Cow<[f32]> = if cols == COLS {
+                Cow::Borrowed(&w[c0 * d_in..(c0 + COLS) * d_in])
             } else {
                 let mut p = Vec::with_capacity(COLS * d_in);
                 for j in 0..COLS {
                     let src = c0 + j.min(cols - 1);
                     p.extend_from_slice(&w[src * d_in..(src + 1) * d_in]);
                 }
-                std::borrow::Cow::Owned(p)
+                Cow::Owned(p)
             };
-            let mut out = vec![0.0f32; ROWS * COLS];
-            // SAFETY: out is [ROWS, COLS] (row stride COLS), xs is
-            // [ROWS, d_in] (row stride d_in), ws is [COLS, d_in] read as its
-            // transpose (column stride d_in); every index is in bounds and
-            // out aliases neither input.
-            unsafe {
-                gemm::gemm(
-                    ROWS,
-                    COLS,
-                    d_in,
-                    out.as_mut_ptr(),
-                    1,
-                    COLS as isize,
-                    false,
-                    xs.as_ptr(),
-                    1,
-                    d_in as isize,
-                    ws.as_ptr(),
-                    d_in as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
+            let mut out = [0.0f32; ROWS * COLS];
+            // SAFETY: out is [ROWS, COLS], xs [ROWS, d_in], ws [COLS, d_in]
+            // read as its transpose; out aliases neither input.
+            unsafe { gemm_strided((ROWS, d_in, COLS), out.as_mut_ptr(), COLS as isize, false, xs.as_ptr(), x_rows, ws.as_ptr(), w_transposed, Parallelism::None) }
+            for (i, part) in out.chunks(COLS).take(rows).enumerate() {
+                // SAFETY: row r0+i < n and columns c0..c0+cols <= d_out lie
+                // in y, inside this task's block.
+                unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), target.at((r0 + i) * d_out + c0), cols) }
             }
-            (r0, c0, out)
         };
         let tasks = row_blocks * col_blocks;
-        let blocks: Vec<(usize, usize, Vec<f32>)> =
-            if n * d_in * d_out < 1 << 20 { (0..tasks).map(block).collect() } else { (0..tasks).into_par_iter().map(block).collect() };
-        for (r0, c0, out) in blocks {
-            let cols = COLS.min(d_out - c0);
-            for (i, part) in out.chunks(COLS).take(n - r0).enumerate() {
-                y[(r0 + i) * d_out + c0..(r0 + i) * d_out + c0 + cols].copy_from_slice(&part[..cols]);
-            }
+        if n * d_in * d_out < 1 << 20 {
+            (0..tasks).for_each(block);
+        } else {
+            (0..tasks).into_par_iter().for_each(block);
         }
     }
-    if let Some(b) = bias {
-        for yr in y.chunks_mut(d_out) {
-            yr.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-        }
-    }
+    add_bias(y, bias, d_out);
 }
 
 /// Backward of `linear_fwd`: `dx (+)= dy · W`, `dW += dy^T · x`, `db += Σ dy`.
