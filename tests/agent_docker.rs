@@ -165,6 +165,10 @@ async fn gold_solves_every_builtin_task_and_submit_only_scores_zero() {
     for t in &trajs {
         assert_eq!((t.exit, t.reward, t.steps()), (Exit::Submitted, Some(0.0), 1), "{}", t.instance_id);
         assert_eq!(t.patch.as_deref(), Some(""));
+        // every builtin task has FAIL_TO_PASS tests, so no container ran
+        let g = t.grade.as_ref().expect("graded");
+        assert_eq!((g.outcome.as_str(), g.seconds), ("tests_failed", 0.0), "{}: {g:?}", t.instance_id);
+        assert!(g.detail.contains("not run"), "{}", g.detail);
         check_ledger(t, &tok);
     }
     assert_no_containers(&s).await;

@@ -5,7 +5,8 @@
 //! ledger, extract the one command (a format error gets an error
 //! observation), run it through the tools, tokenize the observation once and
 //! append it — until `submit`, the turn limit or the context limit; then the
-//! patch is graded in a fresh container and the reward computed. Truncated
+//! patch is graded in a fresh container and the reward computed (an empty
+//! patch needs no container: `grade::empty_patch_report`). Truncated
 //! episodes are graded and kept with their length penalty: the method found
 //! that dropping overlong looping episodes makes looping worse.
 //!
@@ -147,7 +148,11 @@ pub async fn run_episode(pool: &Pool, sc: &Scaffold, policy: &dyn Policy, spec: 
     let mut t = traj(run, exit, detail, patch.clone());
     if let (false, Some(p)) = (exit.is_error(), patch) {
         let tg = Instant::now();
-        let report = pool.grade(task, spec.image, &p, &sc.grade).await;
+        // An empty patch's outcome is given by the task (no container).
+        let report = match crate::env::grade::empty_patch_report(task).filter(|_| p.trim().is_empty()) {
+            Some(r) => r,
+            None => pool.grade(task, spec.image, &p, &sc.grade).await,
+        };
         t.timing.grading_s = tg.elapsed().as_secs_f64();
         t.reward = report.reward;
         t.final_reward = final_reward(report.reward, steps, &sc.cfg.length_penalty());

@@ -107,6 +107,32 @@ pub async fn grade(docker: &Docker, task: &Task, image: &str, patch: &str, opts:
     Report { instance_id: task.instance_id.clone(), outcome, reward, tests, detail, seconds: t0.elapsed().as_secs_f64() }
 }
 
+/// The report of an empty patch, known without a container: it leaves the
+/// repository at its base commit, where the task's FAIL_TO_PASS tests fail
+/// and its PASS_TO_PASS tests pass. That is what the two lists mean (a
+/// task is valid only so; `validate` runs exactly this check in a
+/// container). `None` for a task with no FAIL_TO_PASS test, where an empty
+/// patch can pass: that one is graded as usual.
+///
+/// The episode uses it: half the failed episodes of a tiny model change
+/// nothing (a `replace` whose old text does not match), and each would
+/// otherwise start a container to run tests whose outcome is given.
+pub fn empty_patch_report(task: &Task) -> Option<Report> {
+    if task.fail_to_pass.is_empty() {
+        return None;
+    }
+    let mut tests: BTreeMap<String, Status> = task.fail_to_pass.iter().map(|t| (t.clone(), Status::Failed)).collect();
+    tests.extend(task.pass_to_pass.iter().map(|t| (t.clone(), Status::Passed)));
+    Some(Report {
+        instance_id: task.instance_id.clone(),
+        outcome: Outcome::TestsFailed,
+        reward: Some(0.0),
+        tests,
+        detail: format!("the patch is empty: not run; the {} FAIL_TO_PASS tests fail on the base commit by the task's definition", task.fail_to_pass.len()),
+        seconds: 0.0,
+    })
+}
+
 /// The files one grading puts in the container's /tmp (one upload): the
 /// patch, the test patch, the test command, the task's env_setup, and the
 /// script that applies them.
@@ -218,5 +244,20 @@ mod tests {
         let mut t = task();
         t.env_setup = Some("pip install -e .".into());
         assert!(prepare_script(&t, true).contains(&format!("exit {SETUP_FAILED}")));
+    }
+
+    #[test]
+    fn an_empty_patch_fails_its_fail_to_pass_tests_without_a_container() {
+        let mut t = task();
+        assert!(empty_patch_report(&t).is_none(), "no FAIL_TO_PASS test: an empty patch can pass, so it is graded");
+        t.fail_to_pass = vec!["tests/test_a.py::test_fix".into()];
+        t.pass_to_pass = vec!["tests/test_a.py::test_kept".into()];
+        let r = empty_patch_report(&t).unwrap();
+        assert_eq!((r.outcome, r.reward), (Outcome::TestsFailed, Some(0.0)));
+        assert_eq!(r.tests.get("tests/test_a.py::test_fix"), Some(&Status::Failed));
+        assert_eq!(r.tests.get("tests/test_a.py::test_kept"), Some(&Status::Passed));
+        // judge reaches the same verdict from those statuses
+        assert_eq!(judge(&t, &r.tests).0, false);
+        assert!(r.detail.contains("not run"), "{}", r.detail);
     }
 }
