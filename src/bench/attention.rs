@@ -158,9 +158,10 @@ pub fn run_device(dev: &mut dyn Device, repeats: usize) -> Result<Vec<Row>> {
     let targets = dev.upload_u32(&(0..n).map(|i| ((i * 7919) % vocab) as u32).collect::<Vec<_>>())?;
     let out = gpu::logprob::LogprobOut { logprob: dev.zeros(n * 4)?, entropy: dev.zeros(n * 4)?, lse: dev.zeros(n * 4)? };
     let ws = dev.zeros(gpu::logprob::fwd_workspace_bytes(n, vocab))?;
+    let x = gpu::logprob::HeadInputs { hidden, w, targets, n, d, vocab };
     let fwd_flops = gpu::logprob::fwd_flops(n, d, vocab);
     let r = measure("kernels", &format!("fused logprob+entropy fwd {n} tok d{d} vocab {vocab} ({gpu_name})"), "TFLOP/s", repeats, false, false, || {
-        gpu::logprob::logprob_entropy_fwd(dev, &out, hidden, w, targets, n, d, vocab, ws)?;
+        gpu::logprob::logprob_entropy_fwd(dev, &x, &out, ws)?;
         dev.synchronize()?;
         Ok(fwd_flops / 1e12)
     })?;
@@ -169,10 +170,11 @@ pub fn run_device(dev: &mut dyn Device, repeats: usize) -> Result<Vec<Row>> {
     rows.push(Row::derived("kernels", format!("fused logprob+entropy fwd time, {n} tok"), fwd_s * 1e3, "ms", repeats));
     let g = gpu::logprob::LogprobGrads { dlogprob: dev.upload_f32(&random_vec(n, 10))?, dentropy: dev.upload_f32(&random_vec(n, 11))?, lse: out.lse, entropy: out.entropy };
     let (dh, dw) = (dev.zeros(n * d * 4)?, dev.zeros(vocab * d * 4)?);
+    let grads = gpu::logprob::HeadGrads { dhidden: dh, dw, accumulate_dw: false };
     let bws = dev.zeros(gpu::logprob::bwd_workspace_bytes(n, d, vocab))?;
     let bwd_flops = gpu::logprob::bwd_flops(n, d, vocab);
     let r = measure("kernels", &format!("fused logprob+entropy bwd {n} tok d{d} vocab {vocab} ({gpu_name})"), "TFLOP/s", repeats, false, false, || {
-        gpu::logprob::logprob_entropy_bwd(dev, dh, dw, hidden, w, targets, &g, n, d, vocab, false, bws)?;
+        gpu::logprob::logprob_entropy_bwd(dev, &x, &g, grads, bws)?;
         dev.synchronize()?;
         Ok(bwd_flops / 1e12)
     })?;
@@ -186,7 +188,7 @@ pub fn run_device(dev: &mut dyn Device, repeats: usize) -> Result<Vec<Row>> {
     let cws = dev.zeros(shape.workspace_bytes())?;
     let chunked_flops = 3.0 * fwd_flops;
     let r = measure("kernels", &format!("chunked logprob+entropy bwd {n} tok d{d} vocab {vocab}, blocks {}x{} ({gpu_name})", shape.rows, shape.cols), "TFLOP/s", repeats, false, false, || {
-        gpu::logprob::logprob_entropy_bwd_chunked(dev, dh, dw, hidden, w, targets, &g, n, d, vocab, false, cws)?;
+        gpu::logprob::logprob_entropy_bwd_chunked(dev, &x, &g, grads, cws)?;
         dev.synchronize()?;
         Ok(chunked_flops / 1e12)
     })?;

@@ -568,7 +568,8 @@ impl GpuModel {
         let dev = self.dev.as_mut();
         dev.copy_h2d(b.targets, &u32_bytes(targets))?;
         let out = LogprobOut { logprob: b.logprob, entropy: b.entropy, lse: b.lse_vocab };
-        lp_kernels::logprob_entropy_fwd(dev, &out, b.hidden_b, lm.half(), b.targets, n, h, v, b.ws_lp)?;
+        let x = lp_kernels::HeadInputs { hidden: b.hidden_b, w: lm.half(), targets: b.targets, n, d: h, vocab: v };
+        lp_kernels::logprob_entropy_fwd(dev, &x, &out, b.ws_lp)?;
         Ok(TokenLogprobs { logprob: dev.download_f32(b.logprob, n)?, entropy: dev.download_f32(b.entropy, n)?, lse: dev.download_f32(b.lse_vocab, n)? })
     }
 
@@ -639,7 +640,8 @@ impl GpuModel {
         dev.write_f32(b.dentropy, g_entropy)?;
         let g = LogprobGrads { dlogprob: b.dlogprob, dentropy: b.dentropy, lse: b.lse_vocab, entropy: b.entropy };
         // The LM head's rows past the output vocabulary get no gradient.
-        lp_kernels::logprob_entropy_bwd_chunked(dev, b.dh, lm.grad, b.hidden_b, lm.half(), b.targets, &g, n, h, v, true, b.ws_lp)?;
+        let x = lp_kernels::HeadInputs { hidden: b.hidden_b, w: lm.half(), targets: b.targets, n, d: h, vocab: v };
+        lp_kernels::logprob_entropy_bwd_chunked(dev, &x, &g, lp_kernels::HeadGrads { dhidden: b.dh, dw: lm.grad, accumulate_dw: true }, b.ws_lp)?;
         let last = b.xs[self.cfg.num_layers];
         let fnorm = self.params[self.final_norm];
         gpu::rmsnorm_bwd(dev, b.dx, fnorm.grad, b.dh, last, fnorm.master, b.final_rstd, n, h, false)?;

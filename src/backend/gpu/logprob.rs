@@ -68,6 +68,33 @@ pub struct LogprobOut {
     pub lse: DevicePtr,
 }
 
+/// What every kernel here reads: the final hidden states bf16 `[n, d]`,
+/// the LM head bf16 `[vocab, d]` and the targets i32 `[n]`.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadInputs {
+    pub hidden: DevicePtr,
+    pub w: DevicePtr,
+    pub targets: DevicePtr,
+    pub n: usize,
+    pub d: usize,
+    pub vocab: usize,
+}
+
+impl HeadInputs {
+    fn check(&self, what: &str) -> Result<()> {
+        check_shapes(what, self.n, self.d, self.vocab, self.hidden, self.w)
+    }
+}
+
+/// Where a whole backward writes: `dhidden` f32 `[n, d]` (overwritten) and
+/// `dw` f32 `[vocab, d]` (added to when `accumulate_dw`: tied embeddings).
+#[derive(Clone, Copy, Debug)]
+pub struct HeadGrads {
+    pub dhidden: DevicePtr,
+    pub dw: DevicePtr,
+    pub accumulate_dw: bool,
+}
+
 fn check_shapes(what: &str, n: usize, d: usize, vocab: usize, hidden: DevicePtr, w: DevicePtr) -> Result<()> {
     ensure!(d > 0 && d % 8 == 0, "{what}: hidden size {d} must be a positive multiple of 8");
     ensure!(vocab > 0, "{what}: the vocabulary is empty");
@@ -149,38 +176,16 @@ pub fn bwd_flops(n: usize, d: usize, vocab: usize) -> f64 {
 
 /// Per-token log-prob, entropy and log-sum-exp. `workspace` holds at least
 /// [`fwd_workspace_bytes`]`(n, vocab)` bytes.
-#[allow(clippy::too_many_arguments)]
-pub fn logprob_entropy_fwd(
-    dev: &mut dyn Device,
-    out: &LogprobOut,
-    hidden: DevicePtr,
-    w: DevicePtr,
-    targets: DevicePtr,
-    n: usize,
-    d: usize,
-    vocab: usize,
-    workspace: DevicePtr,
-) -> Result<()> {
-    logprob_entropy_fwd_splits(dev, out, hidden, w, targets, n, d, vocab, workspace, fwd_splits(n, vocab))
+pub fn logprob_entropy_fwd(dev: &mut dyn Device, x: &HeadInputs, out: &LogprobOut, workspace: DevicePtr) -> Result<()> {
+    logprob_entropy_fwd_splits(dev, x, out, workspace, fwd_splits(x.n, x.vocab))
 }
 
 /// [`logprob_entropy_fwd`] with an explicit vocabulary split (clamped to
 /// the tile count); `workspace` holds `splits · n · 16` bytes. For tests
 /// and tuning.
-#[allow(clippy::too_many_arguments)]
-pub fn logprob_entropy_fwd_splits(
-    dev: &mut dyn Device,
-    out: &LogprobOut,
-    hidden: DevicePtr,
-    w: DevicePtr,
-    targets: DevicePtr,
-    n: usize,
-    d: usize,
-    vocab: usize,
-    workspace: DevicePtr,
-    splits: usize,
-) -> Result<()> {
-    check_shapes("logprob_entropy_fwd", n, d, vocab, hidden, w)?;
+pub fn logprob_entropy_fwd_splits(dev: &mut dyn Device, x: &HeadInputs, out: &LogprobOut, workspace: DevicePtr, splits: usize) -> Result<()> {
+    x.check("logprob_entropy_fwd")?;
+    let HeadInputs { hidden, w, targets, n, d, vocab } = *x;
     if n == 0 {
         return Ok(());
     }
@@ -212,18 +217,18 @@ pub struct LogprobGrads {
     pub entropy: DevicePtr,
 }
 
-fn bwd_args(hidden: DevicePtr, w: DevicePtr, targets: DevicePtr, g: &LogprobGrads, n: usize, d: usize, vocab: usize) -> Vec<crate::device::KernelArg> {
+fn bwd_args(x: &HeadInputs, g: &LogprobGrads) -> Vec<crate::device::KernelArg> {
     vec![
-        Ptr(hidden),
-        Ptr(w),
-        Ptr(targets),
+        Ptr(x.hidden),
+        Ptr(x.w),
+        Ptr(x.targets),
         Ptr(g.dlogprob),
         Ptr(g.dentropy),
         Ptr(g.lse),
         Ptr(g.entropy),
-        I32(n as i32),
-        I32(d as i32),
-        I32(vocab as i32),
+        I32(x.n as i32),
+        I32(x.d as i32),
+        I32(x.vocab as i32),
     ]
 }
 
@@ -241,29 +246,16 @@ pub fn bwd_workspace_bytes(n: usize, d: usize, vocab: usize) -> usize {
 
 /// `dhidden [n, d] = g · W` (overwritten), g = ∂L/∂logits recomputed tile
 /// by tile. `workspace` holds [`bwd_workspace_bytes`]`(n, d, vocab)`.
-#[allow(clippy::too_many_arguments)]
-pub fn logprob_entropy_bwd_dhidden(dev: &mut dyn Device, dhidden: DevicePtr, hidden: DevicePtr, w: DevicePtr, targets: DevicePtr, g: &LogprobGrads, n: usize, d: usize, vocab: usize, workspace: DevicePtr) -> Result<()> {
-    logprob_entropy_bwd_dhidden_splits(dev, dhidden, hidden, w, targets, g, n, d, vocab, workspace, bwd_splits(n, vocab))
+pub fn logprob_entropy_bwd_dhidden(dev: &mut dyn Device, x: &HeadInputs, g: &LogprobGrads, dhidden: DevicePtr, workspace: DevicePtr) -> Result<()> {
+    logprob_entropy_bwd_dhidden_splits(dev, x, g, dhidden, workspace, bwd_splits(x.n, x.vocab))
 }
 
 /// [`logprob_entropy_bwd_dhidden`] with an explicit vocabulary split
 /// (fewer when the tile count, rounded to pairs, asks for fewer);
 /// `workspace` holds `(splits − 1) · n · d · 4` bytes. For tests and tuning.
-#[allow(clippy::too_many_arguments)]
-pub fn logprob_entropy_bwd_dhidden_splits(
-    dev: &mut dyn Device,
-    dhidden: DevicePtr,
-    hidden: DevicePtr,
-    w: DevicePtr,
-    targets: DevicePtr,
-    g: &LogprobGrads,
-    n: usize,
-    d: usize,
-    vocab: usize,
-    workspace: DevicePtr,
-    splits: usize,
-) -> Result<()> {
-    check_shapes("logprob_entropy_bwd_dhidden", n, d, vocab, hidden, w)?;
+pub fn logprob_entropy_bwd_dhidden_splits(dev: &mut dyn Device, x: &HeadInputs, g: &LogprobGrads, dhidden: DevicePtr, workspace: DevicePtr, splits: usize) -> Result<()> {
+    x.check("logprob_entropy_bwd_dhidden")?;
+    let HeadInputs { n, d, vocab, .. } = *x;
     ensure!(dhidden.0 % 8 == 0 && workspace.0 % 8 == 0, "logprob_entropy_bwd_dhidden: dhidden and the workspace must be 8-byte aligned");
     if n == 0 {
         return Ok(());
@@ -272,7 +264,7 @@ pub fn logprob_entropy_bwd_dhidden_splits(
     let splits = vocab.div_ceil(VOCAB_TILE).div_ceil(tps);
     let cfg = LaunchConfig { grid: (n.div_ceil(ROW_TILE) as u32, splits as u32, 1), block: (THREADS, 1, 1), shared_bytes: 0 };
     let mut args = vec![Ptr(dhidden), Ptr(workspace)];
-    args.extend_from_slice(&bwd_args(hidden, w, targets, g, n, d, vocab));
+    args.extend_from_slice(&bwd_args(x, g));
     args.push(I32(tps as i32));
     dev.launch("logprob_entropy_bwd_dhidden", cfg, &args).context("logprob_entropy_bwd_dhidden")?;
     if splits > 1 {
@@ -289,36 +281,21 @@ pub fn logprob_entropy_bwd_dhidden_splits(
 
 /// `dw [vocab, d] (+)= gᵀ · H`; `accumulate` adds into dw (tied embeddings),
 /// otherwise dw is overwritten (zeros when n = 0).
-#[allow(clippy::too_many_arguments)]
-pub fn logprob_entropy_bwd_dw(dev: &mut dyn Device, dw: DevicePtr, hidden: DevicePtr, w: DevicePtr, targets: DevicePtr, g: &LogprobGrads, n: usize, d: usize, vocab: usize, accumulate: bool) -> Result<()> {
-    check_shapes("logprob_entropy_bwd_dw", n, d, vocab, hidden, w)?;
+pub fn logprob_entropy_bwd_dw(dev: &mut dyn Device, x: &HeadInputs, g: &LogprobGrads, dw: DevicePtr, accumulate: bool) -> Result<()> {
+    x.check("logprob_entropy_bwd_dw")?;
     ensure!(dw.0 % 8 == 0, "logprob_entropy_bwd_dw: dw must be 8-byte aligned");
-    let cfg = LaunchConfig { grid: (vocab.div_ceil(VOCAB_TILE) as u32, 1, 1), block: (THREADS, 1, 1), shared_bytes: 0 };
+    let cfg = LaunchConfig { grid: (x.vocab.div_ceil(VOCAB_TILE) as u32, 1, 1), block: (THREADS, 1, 1), shared_bytes: 0 };
     let mut args = vec![Ptr(dw)];
-    args.extend_from_slice(&bwd_args(hidden, w, targets, g, n, d, vocab));
+    args.extend_from_slice(&bwd_args(x, g));
     args.push(I32(accumulate as i32));
     dev.launch("logprob_entropy_bwd_dw", cfg, &args).context("logprob_entropy_bwd_dw")
 }
 
 /// The whole backward: dhidden (overwritten) and dw (added to when
 /// `accumulate_dw`). `workspace`: [`bwd_workspace_bytes`]`(n, d, vocab)`.
-#[allow(clippy::too_many_arguments)]
-pub fn logprob_entropy_bwd(
-    dev: &mut dyn Device,
-    dhidden: DevicePtr,
-    dw: DevicePtr,
-    hidden: DevicePtr,
-    w: DevicePtr,
-    targets: DevicePtr,
-    g: &LogprobGrads,
-    n: usize,
-    d: usize,
-    vocab: usize,
-    accumulate_dw: bool,
-    workspace: DevicePtr,
-) -> Result<()> {
-    logprob_entropy_bwd_dhidden(dev, dhidden, hidden, w, targets, g, n, d, vocab, workspace)?;
-    logprob_entropy_bwd_dw(dev, dw, hidden, w, targets, g, n, d, vocab, accumulate_dw)
+pub fn logprob_entropy_bwd(dev: &mut dyn Device, x: &HeadInputs, g: &LogprobGrads, out: HeadGrads, workspace: DevicePtr) -> Result<()> {
+    logprob_entropy_bwd_dhidden(dev, x, g, out.dhidden, workspace)?;
+    logprob_entropy_bwd_dw(dev, x, g, out.dw, out.accumulate_dw)
 }
 
 // --------------------------------------------------------------------------
@@ -386,44 +363,16 @@ const GRAD_CHUNK_MAX_GRID_Y: usize = 1024;
 /// one `[rows, cols]` block, never `[n, vocab]`. Fixed order everywhere:
 /// results are bit-identical run to run on one device. `workspace` holds
 /// [`bwd_chunked_workspace_bytes`]`(n, vocab)`.
-#[allow(clippy::too_many_arguments)]
-pub fn logprob_entropy_bwd_chunked(
-    dev: &mut dyn Device,
-    dhidden: DevicePtr,
-    dw: DevicePtr,
-    hidden: DevicePtr,
-    w: DevicePtr,
-    targets: DevicePtr,
-    g: &LogprobGrads,
-    n: usize,
-    d: usize,
-    vocab: usize,
-    accumulate_dw: bool,
-    workspace: DevicePtr,
-) -> Result<()> {
-    logprob_entropy_bwd_chunked_with(dev, dhidden, dw, hidden, w, targets, g, n, d, vocab, accumulate_dw, workspace, chunk_shape(n, vocab))
+pub fn logprob_entropy_bwd_chunked(dev: &mut dyn Device, x: &HeadInputs, g: &LogprobGrads, out: HeadGrads, workspace: DevicePtr) -> Result<()> {
+    logprob_entropy_bwd_chunked_with(dev, x, g, out, workspace, chunk_shape(x.n, x.vocab))
 }
 
 /// [`logprob_entropy_bwd_chunked`] with an explicit block; `workspace`
 /// holds `shape.workspace_bytes()`. For tests and tuning.
-#[allow(clippy::too_many_arguments)]
-pub fn logprob_entropy_bwd_chunked_with(
-    dev: &mut dyn Device,
-    dhidden: DevicePtr,
-    dw: DevicePtr,
-    hidden: DevicePtr,
-    w: DevicePtr,
-    targets: DevicePtr,
-    g: &LogprobGrads,
-    n: usize,
-    d: usize,
-    vocab: usize,
-    accumulate_dw: bool,
-    workspace: DevicePtr,
-    shape: ChunkShape,
-) -> Result<()> {
+pub fn logprob_entropy_bwd_chunked_with(dev: &mut dyn Device, x: &HeadInputs, g: &LogprobGrads, out: HeadGrads, workspace: DevicePtr, shape: ChunkShape) -> Result<()> {
     const WHAT: &str = "logprob_entropy_bwd_chunked";
-    check_shapes(WHAT, n, d, vocab, hidden, w)?;
+    x.check(WHAT)?;
+    let (HeadInputs { hidden, w, targets, n, d, vocab }, HeadGrads { dhidden, dw, accumulate_dw }) = (*x, out);
     ensure!(shape.rows > 0 && shape.cols > 0, "{WHAT}: an empty block {shape:?}");
     ensure!(dhidden.0 % 4 == 0 && dw.0 % 4 == 0 && workspace.0 % 16 == 0, "{WHAT}: dhidden and dw must be 4-byte and the workspace 16-byte aligned");
     if n == 0 {
@@ -504,6 +453,12 @@ fn upload(dev: &mut dyn Device, h: &[f32], w: &[f32], t: &[u32]) -> Result<Uploa
     Ok(Uploaded { h: dev.upload_u16(&bf16_bits(h))?, w: dev.upload_u16(&bf16_bits(w))?, t: dev.upload_u32(t)? })
 }
 
+impl Uploaded {
+    fn inputs(&self, n: usize, d: usize, vocab: usize) -> HeadInputs {
+        HeadInputs { hidden: self.h, w: self.w, targets: self.t, n, d, vocab }
+    }
+}
+
 fn free_all(dev: &mut dyn Device, ptrs: &[DevicePtr]) -> Result<()> {
     for &p in ptrs {
         dev.free(p)?;
@@ -518,7 +473,7 @@ pub(crate) fn run_fwd(dev: &mut dyn Device, h: &[f32], w: &[f32], t: &[u32], d: 
     let splits = splits.unwrap_or_else(|| fwd_splits(n, vocab));
     let ws = dev.alloc((splits * n * 16).max(16))?;
     let out = LogprobOut { logprob: dev.zeros(n * 4)?, entropy: dev.zeros(n * 4)?, lse: dev.zeros(n * 4)? };
-    logprob_entropy_fwd_splits(dev, &out, u.h, u.w, u.t, n, d, vocab, ws, splits)?;
+    logprob_entropy_fwd_splits(dev, &u.inputs(n, d, vocab), &out, ws, splits)?;
     let r = (dev.download_f32(out.logprob, n)?, dev.download_f32(out.entropy, n)?, dev.download_f32(out.lse, n)?);
     free_all(dev, &[u.h, u.w, u.t, ws, out.logprob, out.entropy, out.lse])?;
     Ok(r)
@@ -588,14 +543,14 @@ fn bwd_case(dev: &mut dyn Device, which: Bwd, n: usize, d: usize, vocab: usize, 
             let out = dev.upload_f32(&random_vec(n * d, 53))?;
             let splits = splits.unwrap_or_else(|| bwd_splits(n, vocab));
             let ws = dev.alloc((splits.saturating_sub(1) * n * d * 4).max(16))?;
-            logprob_entropy_bwd_dhidden_splits(dev, out, u.h, u.w, u.t, &g, n, d, vocab, ws, splits)?;
+            logprob_entropy_bwd_dhidden_splits(dev, &u.inputs(n, d, vocab), &g, out, ws, splits)?;
             let got = dev.download_f32(out, n * d)?;
             free_all(dev, &[out, ws])?;
             (got, std::mem::take(&mut dh), std::mem::take(&mut th))
         }
         Bwd::Dw { accumulate } => {
             let out = dev.upload_f32(&if accumulate { init.clone() } else { random_vec(vocab * d, 54) })?;
-            logprob_entropy_bwd_dw(dev, out, u.h, u.w, u.t, &g, n, d, vocab, accumulate)?;
+            logprob_entropy_bwd_dw(dev, &u.inputs(n, d, vocab), &g, out, accumulate)?;
             let got = dev.download_f32(out, vocab * d)?;
             dev.free(out)?;
             (got, std::mem::take(&mut dw), std::mem::take(&mut tw))
@@ -606,10 +561,11 @@ fn bwd_case(dev: &mut dyn Device, which: Bwd, n: usize, d: usize, vocab: usize, 
             let ow = dev.upload_f32(&if accumulate { init.clone() } else { random_vec(vocab * d, 54) })?;
             let shape = ChunkShape { rows, cols };
             let ws = dev.alloc(shape.workspace_bytes())?;
-            logprob_entropy_bwd_chunked_with(dev, oh, ow, u.h, u.w, u.t, &g, n, d, vocab, accumulate, ws, shape)?;
+            let x = u.inputs(n, d, vocab);
+            logprob_entropy_bwd_chunked_with(dev, &x, &g, HeadGrads { dhidden: oh, dw: ow, accumulate_dw: accumulate }, ws, shape)?;
             let (got, got_w) = (dev.download_f32(oh, n * d)?, dev.download_f32(ow, vocab * d)?);
             // A second run gives the same bits (fixed order, no atomics).
-            logprob_entropy_bwd_chunked_with(dev, oh, ow, u.h, u.w, u.t, &g, n, d, vocab, false, ws, shape)?;
+            logprob_entropy_bwd_chunked_with(dev, &x, &g, HeadGrads { dhidden: oh, dw: ow, accumulate_dw: false }, ws, shape)?;
             let again = dev.download_f32(oh, n * d)?;
             ensure!(got.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()), "two chunked runs differ bitwise in dhidden");
             free_all(dev, &[oh, ow, ws])?;
@@ -729,11 +685,12 @@ mod tests {
         let mut dev = SimDevice::new().unwrap();
         let p = dev.zeros(4096).unwrap();
         let out = LogprobOut { logprob: p, entropy: p, lse: p };
-        let e = logprob_entropy_fwd(&mut dev, &out, p, p, p, 4, 60, 100, p).unwrap_err();
+        let x = |hidden: DevicePtr, d: usize, vocab: usize| HeadInputs { hidden, w: p, targets: p, n: 4, d, vocab };
+        let e = logprob_entropy_fwd(&mut dev, &x(p, 60, 100), &out, p).unwrap_err();
         assert!(format!("{e:#}").contains("multiple of 8"), "{e:#}");
-        let e = logprob_entropy_fwd(&mut dev, &out, p.offset(2), p, p, 4, 64, 100, p).unwrap_err();
+        let e = logprob_entropy_fwd(&mut dev, &x(p.offset(2), 64, 100), &out, p).unwrap_err();
         assert!(format!("{e:#}").contains("aligned"), "{e:#}");
-        let e = logprob_entropy_fwd(&mut dev, &out, p, p, p, 4, 64, 0, p).unwrap_err();
+        let e = logprob_entropy_fwd(&mut dev, &x(p, 64, 0), &out, p).unwrap_err();
         assert!(format!("{e:#}").contains("vocabulary"), "{e:#}");
     }
 
@@ -804,7 +761,7 @@ mod tests {
         dev.copy_h2d(t_dev, &targets.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
         let out = LogprobOut { logprob: dev.zeros(n * 4).unwrap(), entropy: dev.zeros(n * 4).unwrap(), lse: dev.zeros(n * 4).unwrap() };
         let ws = dev.zeros(fwd_workspace_bytes_upto(cap, vocab)).unwrap();
-        logprob_entropy_fwd(&mut dev, &out, h_dev, w_dev, t_dev, n, d, vocab, ws).unwrap();
+        logprob_entropy_fwd(&mut dev, &HeadInputs { hidden: h_dev, w: w_dev, targets: t_dev, n, d, vocab }, &out, ws).unwrap();
         let got = dev.download_f32(out.logprob, n).unwrap();
         let round = |v: &[f32]| v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect::<Vec<f32>>();
         let want = crate::backend::cpu::logprob::logprob_entropy_fwd(&round(&hidden), &round(&w), &targets, d, vocab, vocab);
