@@ -149,7 +149,7 @@ pub async fn run_episode(pool: &Pool, sc: &Scaffold, policy: &dyn Policy, spec: 
     if let (false, Some(p)) = (exit.is_error(), patch) {
         let tg = Instant::now();
         // An empty patch's outcome is given by the task (no container).
-        let report = match crate::env::grade::empty_patch_report(task).filter(|_| p.trim().is_empty()) {
+        let report = match crate::env::grade::empty_patch_report(task, &p) {
             Some(r) => r,
             None => pool.grade(task, spec.image, &p, &sc.grade).await,
         };

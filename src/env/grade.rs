@@ -30,6 +30,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// 1 for a pass, 0 for the policy's failures, none for the environment's.
+    pub fn reward(self) -> Option<f64> {
+        match self {
+            Outcome::EnvironmentError => None,
+            Outcome::Passed => Some(1.0),
+            _ => Some(0.0),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Passed => "passed",
@@ -99,26 +108,22 @@ pub async fn grade(docker: &Docker, task: &Task, image: &str, patch: &str, opts:
         Ok(x) => x,
         Err(e) => (Outcome::EnvironmentError, BTreeMap::new(), format!("{e:#}")),
     };
-    let reward = match outcome {
-        Outcome::EnvironmentError => None,
-        Outcome::Passed => Some(1.0),
-        _ => Some(0.0),
-    };
-    Report { instance_id: task.instance_id.clone(), outcome, reward, tests, detail, seconds: t0.elapsed().as_secs_f64() }
+    Report { instance_id: task.instance_id.clone(), outcome, reward: outcome.reward(), tests, detail, seconds: t0.elapsed().as_secs_f64() }
 }
 
-/// The report of an empty patch, known without a container: it leaves the
+/// The report of `patch` when it is empty, known without a container: it leaves the
 /// repository at its base commit, where the task's FAIL_TO_PASS tests fail
 /// and its PASS_TO_PASS tests pass. That is what the two lists mean (a
 /// task is valid only so; `validate` runs exactly this check in a
-/// container). `None` for a task with no FAIL_TO_PASS test, where an empty
-/// patch can pass: that one is graded as usual.
+/// container). `None` for a patch that changes something, and for a task
+/// with no FAIL_TO_PASS test, where an empty patch can pass: those are
+/// graded as usual.
 ///
 /// The episode uses it: half the failed episodes of a tiny model change
 /// nothing (a `replace` whose old text does not match), and each would
 /// otherwise start a container to run tests whose outcome is given.
-pub fn empty_patch_report(task: &Task) -> Option<Report> {
-    if task.fail_to_pass.is_empty() {
+pub fn empty_patch_report(task: &Task, patch: &str) -> Option<Report> {
+    if !patch.trim().is_empty() || task.fail_to_pass.is_empty() {
         return None;
     }
     let mut tests: BTreeMap<String, Status> = task.fail_to_pass.iter().map(|t| (t.clone(), Status::Failed)).collect();
@@ -126,7 +131,7 @@ pub fn empty_patch_report(task: &Task) -> Option<Report> {
     Some(Report {
         instance_id: task.instance_id.clone(),
         outcome: Outcome::TestsFailed,
-        reward: Some(0.0),
+        reward: Outcome::TestsFailed.reward(),
         tests,
         detail: format!("the patch is empty: not run; the {} FAIL_TO_PASS tests fail on the base commit by the task's definition", task.fail_to_pass.len()),
         seconds: 0.0,
@@ -249,10 +254,11 @@ mod tests {
     #[test]
     fn an_empty_patch_fails_its_fail_to_pass_tests_without_a_container() {
         let mut t = task();
-        assert!(empty_patch_report(&t).is_none(), "no FAIL_TO_PASS test: an empty patch can pass, so it is graded");
+        assert!(empty_patch_report(&t, "").is_none(), "no FAIL_TO_PASS test: an empty patch can pass, so it is graded");
         t.fail_to_pass = vec!["tests/test_a.py::test_fix".into()];
         t.pass_to_pass = vec!["tests/test_a.py::test_kept".into()];
-        let r = empty_patch_report(&t).unwrap();
+        assert!(empty_patch_report(&t, "diff --git a/x b/x\n").is_none(), "a patch that changes something is graded");
+        let r = empty_patch_report(&t, "").unwrap();
         assert_eq!((r.outcome, r.reward), (Outcome::TestsFailed, Some(0.0)));
         assert_eq!(r.tests.get("tests/test_a.py::test_fix"), Some(&Status::Failed));
         assert_eq!(r.tests.get("tests/test_a.py::test_kept"), Some(&Status::Passed));

@@ -85,10 +85,12 @@ fn check_linear(y: &[f32], x: &[f32], w: &[f32], bias: Option<&[f32]>, n: usize,
 }
 
 fn add_bias(y: &mut [f32], bias: Option<&[f32]>, d_out: usize) {
-    if let (Some(b), true) = (bias, d_out > 0) {
-        for row in y.chunks_mut(d_out) {
-            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-        }
+    let Some(b) = bias else { return };
+    if d_out == 0 {
+        return; // no columns (and chunks_mut(0) would panic)
+    }
+    for row in y.chunks_mut(d_out) {
+        row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
     }
 }
 

@@ -81,8 +81,16 @@ pub struct HeadInputs {
 }
 
 impl HeadInputs {
+    /// The shape and alignment every kernel here requires; `what` names the caller.
     fn check(&self, what: &str) -> Result<()> {
-        check_shapes(what, self.n, self.d, self.vocab, self.hidden, self.w)
+        let HeadInputs { hidden, w, n, d, vocab, .. } = *self;
+        ensure!(d > 0 && d % 8 == 0, "{what}: hidden size {d} must be a positive multiple of 8");
+        ensure!(vocab > 0, "{what}: the vocabulary is empty");
+        for (name, v) in [("n", n), ("d", d), ("vocab", vocab)] {
+            ensure!(v <= i32::MAX as usize, "{what}: {name} = {v} does not fit the kernel's i32");
+        }
+        ensure!(hidden.0 % 16 == 0 && w.0 % 16 == 0, "{what}: hidden ({:#x}) and weight ({:#x}) must be 16-byte aligned", hidden.0, w.0);
+        Ok(())
     }
 }
 
@@ -93,16 +101,6 @@ pub struct HeadGrads {
     pub dhidden: DevicePtr,
     pub dw: DevicePtr,
     pub accumulate_dw: bool,
-}
-
-fn check_shapes(what: &str, n: usize, d: usize, vocab: usize, hidden: DevicePtr, w: DevicePtr) -> Result<()> {
-    ensure!(d > 0 && d % 8 == 0, "{what}: hidden size {d} must be a positive multiple of 8");
-    ensure!(vocab > 0, "{what}: the vocabulary is empty");
-    for (name, v) in [("n", n), ("d", d), ("vocab", vocab)] {
-        ensure!(v <= i32::MAX as usize, "{what}: {name} = {v} does not fit the kernel's i32");
-    }
-    ensure!(hidden.0 % 16 == 0 && w.0 % 16 == 0, "{what}: hidden ({:#x}) and weight ({:#x}) must be 16-byte aligned", hidden.0, w.0);
-    Ok(())
 }
 
 /// Vocabulary tiles per split of the forward for `splits` requested splits.
