@@ -222,7 +222,9 @@ pub struct TrainSection {
     pub phases: Vec<Phase>,
     /// Before DAPO, drop the training tasks solved in at least 2/3 of their
     /// attempts so far, and those never solved (METHOD.md's filter between
-    /// stages; the attempts so far are the RFT samples).
+    /// its two DAPO stages; the attempts so far are the RFT samples, or
+    /// `curriculum_from`'s). A run whose phases are just `dapo` has no
+    /// attempts yet, so the filter keeps every task: the method's stage 1.
     pub curriculum: bool,
     /// A run directory of an earlier stage: its attempts per task (from its
     /// last checkpoint) are where this run's curriculum filter starts.
