@@ -25,7 +25,7 @@ use super::scaffold::{self, ScaffoldConfig};
 use super::tools::{self, Tool, Tools};
 use super::trajectory::{Exit, Graded, Ledger, ReplyEnd, Span, Timing, Trajectory, Turn, FORMAT_VERSION};
 use crate::engine::FinishReason;
-use crate::env::grade::{GradeOptions, Outcome};
+use crate::env::grade::GradeOptions;
 use crate::env::pool::Pool;
 use crate::env::sandbox::Spec;
 use crate::env::task::Task;
@@ -156,21 +156,10 @@ pub async fn run_episode(pool: &Pool, sc: &Scaffold, policy: &dyn Policy, spec: 
         t.timing.grading_s = tg.elapsed().as_secs_f64();
         t.reward = report.reward;
         t.final_reward = final_reward(report.reward, steps, &sc.cfg.length_penalty());
-        t.grade = Some(Graded { outcome: outcome_name(report.outcome).into(), detail: report.detail, seconds: report.seconds });
+        t.grade = Some(Graded { outcome: report.outcome.stored_name().into(), detail: report.detail, seconds: report.seconds });
     }
     t.timing.total_s = t0.elapsed().as_secs_f64();
     t
-}
-
-/// The snake_case name of a grading outcome, as stored.
-pub fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Passed => "passed",
-        Outcome::PatchDidNotApply => "patch_did_not_apply",
-        Outcome::TestsFailed => "tests_failed",
-        Outcome::TimedOut => "timed_out",
-        Outcome::EnvironmentError => "environment_error",
-    }
 }
 
 /// The turns of an episode; returns how it ended, a detail line, and the

@@ -39,6 +39,7 @@ impl Outcome {
         }
     }
 
+    /// The display name, for messages.
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Passed => "passed",
@@ -46,6 +47,18 @@ impl Outcome {
             Outcome::TestsFailed => "tests failed",
             Outcome::TimedOut => "timed out",
             Outcome::EnvironmentError => "environment error",
+        }
+    }
+
+    /// The stored name: what a trajectory's grade and a report's JSON hold
+    /// (the serde name).
+    pub fn stored_name(self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::PatchDidNotApply => "patch_did_not_apply",
+            Outcome::TestsFailed => "tests_failed",
+            Outcome::TimedOut => "timed_out",
+            Outcome::EnvironmentError => "environment_error",
         }
     }
 }
@@ -111,10 +124,10 @@ pub async fn grade(docker: &Docker, task: &Task, image: &str, patch: &str, opts:
     Report { instance_id: task.instance_id.clone(), outcome, reward: outcome.reward(), tests, detail, seconds: t0.elapsed().as_secs_f64() }
 }
 
-/// The report of `patch` when it is empty, known without a container: it leaves the
-/// repository at its base commit, where the task's FAIL_TO_PASS tests fail
-/// and its PASS_TO_PASS tests pass. That is what the two lists mean (a
-/// task is valid only so; `validate` runs exactly this check in a
+/// The report of `patch` when it is empty, known without a container: it
+/// leaves the repository at its base commit, where the task's FAIL_TO_PASS
+/// tests fail and its PASS_TO_PASS tests pass. That is what the two lists
+/// mean (a task is valid only so; `validate` runs exactly this check in a
 /// container). `None` for a patch that changes something, and for a task
 /// with no FAIL_TO_PASS test, where an empty patch can pass: those are
 /// graded as usual.
@@ -226,6 +239,13 @@ fn tail(s: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stored_name_is_the_serde_name() {
+        for o in [Outcome::Passed, Outcome::PatchDidNotApply, Outcome::TestsFailed, Outcome::TimedOut, Outcome::EnvironmentError] {
+            assert_eq!(serde_json::to_string(&o).unwrap(), format!("\"{}\"", o.stored_name()));
+        }
+    }
 
     fn task() -> Task {
         Task {
