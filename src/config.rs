@@ -306,6 +306,7 @@ pub struct WarmStartSection {
     /// environment and verified).
     pub demonstrations: usize,
     pub epochs: u32,
+    #[serde(serialize_with = "crate::decimal::f32_shortest")]
     pub lr: f32,
     pub warmup_steps: u64,
     /// Demonstrations per optimizer step.
@@ -338,6 +339,7 @@ impl WarmStartSection {
 #[serde(deny_unknown_fields, default)]
 pub struct DemoSection {
     pub steps: u64,
+    #[serde(serialize_with = "crate::decimal::f32_shortest")]
     pub lr: f32,
     pub warmup_steps: u64,
     pub seq_len: usize,
@@ -464,6 +466,23 @@ mod tests {
         assert!(c.generate.is_untruncated());
         assert!(c.model.dir.is_none());
         assert_eq!(c.optim.weight_decay, 0.1);
+    }
+
+    #[test]
+    fn the_written_config_shows_the_values_as_typed_and_reads_back_equal() {
+        // What a run directory's config.toml holds (pipeline::run).
+        let c = Config::embedded();
+        let text = toml::to_string(&c).unwrap();
+        for line in ["lr = 0.0003", "eps = 0.001", "eps = 0.00000001", "lr = 0.003", "beta2 = 0.999"] {
+            assert!(text.lines().any(|l| l == line), "{line:?} missing from\n{text}");
+        }
+        // A widened f32 shows 16 or 17 significant digits (0.0003000000142492354).
+        for l in text.lines() {
+            let value = l.split_once(" = ").map_or("", |(_, v)| v);
+            let digits = value.trim_start_matches(['0', '.']).chars().take_while(|c| c.is_ascii_digit() || *c == '.').filter(char::is_ascii_digit).count();
+            assert!(value.parse::<f64>().is_err() || digits <= 9, "a widened f32: {l:?}");
+        }
+        assert_eq!(Config::from_str_over_default(&text, "config.toml").unwrap(), c);
     }
 
     #[test]

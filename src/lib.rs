@@ -10,6 +10,7 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod decimal;
 pub mod device;
 pub mod engine;
 pub mod env;

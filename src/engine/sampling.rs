@@ -15,12 +15,15 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct SamplingParams {
     /// 0 means greedy (argmax, log-probability 0).
+    #[serde(serialize_with = "crate::decimal::f32_shortest")]
     pub temperature: f32,
     /// 1.0 = off.
+    #[serde(serialize_with = "crate::decimal::f32_shortest")]
     pub top_p: f32,
     /// 0 = off.
     pub top_k: usize,
     /// 0.0 = off.
+    #[serde(serialize_with = "crate::decimal::f32_shortest")]
     pub min_p: f32,
     pub max_new_tokens: usize,
     pub seed: u64,

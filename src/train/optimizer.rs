@@ -17,16 +17,23 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
     /// Peak learning rate.
+    #[serde(serialize_with = "crate::decimal::f32_shortest")]
     pub lr: f32,
+    #[serde(serialize_with = "crate::decimal::f32_shortest")]
     pub beta1: f32,
+    #[serde(serialize_with = "crate::decimal::f32_shortest")]
     pub beta2: f32,
+    #[serde(serialize_with = "crate::decimal::f32_shortest")]
     pub eps: f32,
+    #[serde(serialize_with = "crate::decimal::f32_shortest")]
     pub weight_decay: f32,
     pub decay_norms_and_biases: bool,
     /// Clip the global gradient norm to this (0 = off).
+    #[serde(serialize_with = "crate::decimal::f32_shortest")]
     pub grad_clip: f32,
     pub warmup_steps: u64,
     /// The schedule decays from `lr` to `lr · min_lr_ratio`.
+    #[serde(serialize_with = "crate::decimal::f32_shortest")]
     pub min_lr_ratio: f32,
 }
 

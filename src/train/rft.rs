@@ -28,10 +28,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RftConfig {
+    #[serde(serialize_with = "crate::decimal::f32_shortest")]
     pub lr: f32,
     /// AdamW's eps for the supervised phases (RFT, the warm start), apart
     /// from DAPO's `[optim] eps`: the tiny default damps DAPO's AdamW with
     /// a large eps, which would stall supervised learning.
+    #[serde(serialize_with = "crate::decimal::f32_shortest")]
     pub eps: f32,
     pub warmup_steps: u64,
     /// Trajectories per optimizer step.
