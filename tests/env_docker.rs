@@ -260,45 +260,136 @@ async fn bad_input_gives_clear_errors_or_classified_results() {
     assert_no_containers(&d, &run).await;
 }
 
+/// (state, run label) of the labelled containers whose run label starts
+/// with `prefix`: a child process's runs are `COMMAND-PID-…`.
+async fn containers_of_runs(d: &bollard::Docker, prefix: &str) -> Vec<(String, String)> {
+    let mut filters = std::collections::HashMap::new();
+    filters.insert("label".to_string(), vec![env::LABEL_RUN.to_string()]);
+    let opts = bollard::query_parameters::ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+    let run = |c: &bollard::models::ContainerSummary| c.labels.as_ref().and_then(|l| l.get(env::LABEL_RUN)).cloned().unwrap_or_default();
+    d.list_containers(Some(opts)).await.unwrap().into_iter().filter(|c| run(c).starts_with(prefix)).map(|c| (format!("{:?}", c.state), run(&c))).collect()
+}
+
+/// Wait (up to two minutes) until the child has a container; false if it
+/// exited first or none came.
+async fn wait_for_a_container(d: &bollard::Docker, prefix: &str, child: &mut std::process::Child) -> bool {
+    for _ in 0..600 {
+        if !containers_of_runs(d, prefix).await.is_empty() {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+/// `appliance env validate` (the built-in suite: it starts containers for
+/// minutes) as a child process, with the given stdout and stderr.
+fn spawn_validate(out: &std::path::Path, stdout: std::process::Stdio, stderr: std::process::Stdio, log: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_appliance"))
+        .args(["env", "validate", "--out"])
+        .arg(out.join("valid.jsonl"))
+        .env("RUST_LOG", log)
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+/// Wait for the child's exit (bounded), then remove whatever its runs left,
+/// so that a failing test leaks nothing; returns the status and what was left.
+async fn exit_and_leftovers(d: &bollard::Docker, prefix: &str, mut child: std::process::Child) -> (std::process::ExitStatus, Vec<(String, String)>) {
+    let waited = tokio::time::timeout(Duration::from_secs(200), tokio::task::spawn_blocking(move || {
+        let status = child.wait();
+        (child, status)
+    }))
+    .await;
+    let status = match waited {
+        Ok(Ok((_, Ok(status)))) => Some(status),
+        _ => None,
+    };
+    let left = containers_of_runs(d, prefix).await;
+    for (_, run) in &left {
+        let _ = sandbox::reap_run(d, run).await;
+    }
+    (status.expect("the child exits within 200 s of its shutdown"), left)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_removes_the_runs_containers() {
     let (d, _run, _g, _) = setup("sigterm").await;
     let out = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_appliance"))
-        .args(["env", "validate", "--out"])
-        .arg(out.path().join("valid.jsonl"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(out.path().join("stderr")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_validate(out.path(), std::process::Stdio::null(), std::fs::File::create(out.path().join("stderr")).unwrap().into(), "warn");
     let prefix = format!("validate-{}-", child.id());
-    // (state, run label) of this child's containers
-    let mine = |d: bollard::Docker, prefix: String| async move {
-        let mut filters = std::collections::HashMap::new();
-        filters.insert("label".to_string(), vec![env::LABEL_RUN.to_string()]);
-        let opts = bollard::query_parameters::ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
-        let run = |c: &bollard::models::ContainerSummary| c.labels.as_ref().and_then(|l| l.get(env::LABEL_RUN)).cloned().unwrap_or_default();
-        d.list_containers(Some(opts)).await.unwrap().into_iter().filter(|c| run(c).starts_with(&prefix)).map(|c| (format!("{:?}", c.state), run(&c))).collect::<Vec<_>>()
-    };
-    let mut seen = false;
-    for _ in 0..600 {
-        if !mine(d.clone(), prefix.clone()).await.is_empty() {
-            seen = true;
-            break;
-        }
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(seen, "validate started no container");
+    assert!(wait_for_a_container(&d, &prefix, &mut child).await, "validate started no container");
     assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let status = bounded(120, tokio::task::spawn_blocking(move || child.wait())).await.unwrap().unwrap();
+    let (status, left) = exit_and_leftovers(&d, &prefix, child).await;
     let stderr = std::fs::read_to_string(out.path().join("stderr")).unwrap_or_default();
     let lines: Vec<&str> = stderr.lines().collect();
     let tail = lines[lines.len().saturating_sub(20)..].join("\n");
     // 143, not death by the signal: the reaper handled it and exited
     assert_eq!(status.code(), Some(143), "exit status {status}; stderr ends:\n{tail}");
-    let left = mine(d.clone(), prefix).await;
     assert!(left.is_empty(), "containers of the interrupted run remain: {left:?}; stderr ends:\n{tail}");
+    assert!(stderr.contains("signal received: removing the containers"), "{tail}");
+}
+
+/// `appliance env validate | head`, with head gone and then a Ctrl-C or
+/// `kill`: the reaper's message goes nowhere, and the containers still go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_output_pipe_closed_removes_the_runs_containers() {
+    let (d, _run, _g, _) = setup("sigterm-closed-pipe").await;
+    let out = tempfile::tempdir().unwrap();
+    // warn level: nothing is written between closing the pipe and the signal
+    let mut child = spawn_validate(out.path(), std::process::Stdio::piped(), std::process::Stdio::piped(), "warn");
+    let prefix = format!("validate-{}-", child.id());
+    assert!(wait_for_a_container(&d, &prefix, &mut child).await, "validate started no container");
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let (status, left) = exit_and_leftovers(&d, &prefix, child).await;
+    assert_eq!(status.code(), Some(143), "exit status {status} (death by SIGPIPE is signal 13)");
+    assert!(left.is_empty(), "containers of the interrupted run remain: {left:?}");
+}
+
+/// `appliance env validate 2>&1 | head`, with head gone: the next line the
+/// command writes ends it like a SIGTERM would, with exit code 141 (the
+/// shell's code for death by SIGPIPE) and no container left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_to_a_closed_output_pipe_ends_the_run_and_removes_its_containers() {
+    use std::io::BufRead;
+    let (d, _run, _g, _) = setup("closed-pipe").await;
+    let out = tempfile::tempdir().unwrap();
+    // debug level: a line for each container started and removed
+    let mut child = spawn_validate(out.path(), std::process::Stdio::piped(), std::process::Stdio::piped(), "appliance=debug");
+    let prefix = format!("validate-{}-", child.id());
+    let stderr = child.stderr.take().unwrap();
+    // read until the first container's line, then close the pipe
+    let first = bounded(300, tokio::task::spawn_blocking(move || {
+        let mut reader = std::io::BufReader::new(stderr);
+        let mut seen = Vec::new();
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            seen.push(std::mem::take(&mut line));
+            if seen.last().unwrap().contains("started container") {
+                return Ok(seen.pop().unwrap());
+            }
+        }
+        Err(seen.concat())
+    }))
+    .await
+    .unwrap();
+    drop(child.stdout.take());
+    let first = match first {
+        Ok(line) => line,
+        Err(all) => {
+            let _ = exit_and_leftovers(&d, &prefix, child).await;
+            panic!("validate ended its stderr without starting a container:\n{all}");
+        }
+    };
+    assert!(first.contains(&prefix), "{first}");
+    let (status, left) = exit_and_leftovers(&d, &prefix, child).await;
+    assert_eq!(status.code(), Some(141), "exit status {status} (death by SIGPIPE is signal 13)");
+    assert!(left.is_empty(), "containers of the run remain after its output closed: {left:?}");
 }

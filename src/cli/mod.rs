@@ -106,7 +106,9 @@ fn init_logging(verbose: u8) {
         _ => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    // A closed stderr loses the log lines; by default the subscriber would
+    // report each lost line with an `eprintln!`, which panics there.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).log_internal_errors(false).try_init();
 }
 
 /// The model directory a command uses: its `--model`, else the config's

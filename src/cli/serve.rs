@@ -57,7 +57,7 @@ pub fn run(config: &Config, a: Args) -> Result<()> {
         let server = serve::bind(engine, p.tokenizer, opts).await?;
         // listening for signals before the address goes out: a client may
         // stop the server as soon as it reads it
-        let signals = Signals::install();
+        let mut signals = Signals::install();
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on http://{}", server.addr())?;
         out.flush()?;

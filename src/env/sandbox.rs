@@ -60,6 +60,7 @@ pub async fn start(docker: &Docker, spec: &Spec) -> Result<String> {
         return Err(EnvError("shutting down: no new containers".into()).into());
     }
     let id = start_inner(docker, spec).await?;
+    tracing::debug!("started container {} of run {}", short(&id), spec.run_id);
     if SHUTTING_DOWN.load(Ordering::SeqCst) {
         remove(docker, &id).await;
         return Err(EnvError("shutting down: no new containers".into()).into());
@@ -110,11 +111,16 @@ async fn start_inner(docker: &Docker, spec: &Spec) -> Result<String> {
 pub async fn remove(docker: &Docker, id: &str) {
     let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
     match tokio::time::timeout(Duration::from_secs(60), docker.remove_container(id, Some(opts))).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => tracing::debug!("removed container {}", short(id)),
         Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => {}
         Ok(Err(e)) => tracing::warn!("removing container {id}: {e}"),
         Err(_) => tracing::warn!("removing container {id}: timed out"),
     }
+}
+
+/// A container id as `docker ps` shows it.
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
 }
 
 async fn labelled(docker: &Docker, label: &str) -> Result<Vec<bollard::models::ContainerSummary>> {
@@ -155,7 +161,8 @@ pub async fn reap_expired(docker: &Docker) -> Result<usize> {
     Ok(n)
 }
 
-/// On SIGINT or SIGTERM: remove this run's containers and exit (130/143).
+/// On SIGINT or SIGTERM, or once stdout or stderr is a pipe whose reader
+/// has gone: remove this run's containers and exit (130, 143 or 141).
 ///
 /// Must be called inside the runtime. The handlers are installed before it
 /// returns, not when the spawned task is first polled: on a loaded machine
@@ -165,12 +172,22 @@ pub async fn reap_expired(docker: &Docker) -> Result<usize> {
 /// command's work fails fast once its containers go and its runtime may
 /// end before the reaping is done; `wait_for_signal_reaper` keeps the
 /// process alive until the reaper exits it.
+///
+/// With the output closed, every `println!` or `eprintln!` of the command
+/// panics; `hold_panics_while_reaping` keeps such a panic from ending the
+/// process before the reaper does. The reaper's own messages ignore write
+/// errors for the same reason.
 pub fn spawn_signal_reaper(docker: Docker, run_id: String) {
-    let signals = crate::signals::Signals::install();
+    let mut signals = crate::signals::Signals::install_with_broken_output();
+    hold_panics_while_reaping();
     tokio::spawn(async move {
-        let code = signals.recv().await.exit_code();
-        eprintln!("signal received: removing the containers of run {run_id}");
+        let signal = signals.recv().await;
         SHUTTING_DOWN.store(true, Ordering::SeqCst);
+        let why = match signal {
+            crate::signals::Signal::BrokenOutput => "output closed",
+            _ => "signal received",
+        };
+        say(&format!("{why}: removing the containers of run {run_id}"));
         std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 rt.block_on(async {
@@ -178,9 +195,51 @@ pub fn spawn_signal_reaper(docker: Docker, run_id: String) {
                     reap_after_signal(&docker, &run_id).await;
                 });
             }
-            eprintln!("removed the containers of run {run_id}");
-            std::process::exit(code);
+            say(&format!("removed the containers of run {run_id}"));
+            std::process::exit(signal.exit_code());
         });
+    });
+}
+
+/// A line on stderr that is lost, not a panic, when stderr is closed.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// How long a panicking thread waits for the signal reaper to exit the
+/// process (the reaper's own bounds are 30 s for creations in flight and
+/// 60 s of reaping, plus connecting).
+const HOLD_FOR_REAPER: Duration = Duration::from_secs(150);
+
+/// Chain a panic hook that holds a panicking thread while the signal
+/// reaper works, so the reaper, not the panic, ends the process.
+///
+/// A panic during shutdown is expected: a `println!` to the closed output,
+/// or an episode whose container was just removed. Unwound, a panic on the
+/// main thread would end the process with the containers still there. A
+/// print that fails before the reaper has even seen the SIGPIPE (the
+/// write's EPIPE comes back at once, the signal is handled on another
+/// thread) waits a few seconds for it. Any other panic keeps its usual
+/// course.
+fn hold_panics_while_reaping() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info.payload().downcast_ref::<String>().map(String::as_str).or_else(|| info.payload().downcast_ref::<&str>().copied()).unwrap_or("");
+            let failed_print = message.starts_with("failed printing to std");
+            let t0 = std::time::Instant::now();
+            while failed_print && !SHUTTING_DOWN.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if SHUTTING_DOWN.load(Ordering::SeqCst) {
+                while t0.elapsed() < HOLD_FOR_REAPER {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            previous(info)
+        }));
     });
 }
 
@@ -189,7 +248,7 @@ pub fn spawn_signal_reaper(docker: Docker, run_id: String) {
 /// containers and exit the process with the signal's code.
 pub fn wait_for_signal_reaper() {
     if SHUTTING_DOWN.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_secs(120));
+        std::thread::sleep(HOLD_FOR_REAPER);
     }
 }
 
