@@ -118,7 +118,7 @@ impl Signals {
 
 /// Whether stdout or stderr is a pipe or socket whose reader has gone.
 #[cfg(unix)]
-pub fn output_is_closed() -> bool {
+fn output_is_closed() -> bool {
     closed_for_writing(1) || closed_for_writing(2)
 }
 

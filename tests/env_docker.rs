@@ -301,13 +301,9 @@ fn spawn_validate(out: &std::path::Path, stdout: std::process::Stdio, stderr: st
 /// Wait for the child's exit (bounded), then remove whatever its runs left,
 /// so that a failing test leaks nothing; returns the status and what was left.
 async fn exit_and_leftovers(d: &bollard::Docker, prefix: &str, mut child: std::process::Child) -> (std::process::ExitStatus, Vec<(String, String)>) {
-    let waited = tokio::time::timeout(Duration::from_secs(200), tokio::task::spawn_blocking(move || {
-        let status = child.wait();
-        (child, status)
-    }))
-    .await;
+    let waited = tokio::time::timeout(Duration::from_secs(200), tokio::task::spawn_blocking(move || child.wait())).await;
     let status = match waited {
-        Ok(Ok((_, Ok(status)))) => Some(status),
+        Ok(Ok(Ok(status))) => Some(status),
         _ => None,
     };
     let left = containers_of_runs(d, prefix).await;
@@ -371,10 +367,10 @@ async fn a_write_to_a_closed_output_pipe_ends_the_run_and_removes_its_containers
         let mut seen = Vec::new();
         let mut line = String::new();
         while reader.read_line(&mut line).unwrap_or(0) > 0 {
-            seen.push(std::mem::take(&mut line));
-            if seen.last().unwrap().contains("started container") {
-                return Ok(seen.pop().unwrap());
+            if line.contains("started container") {
+                return Ok(line);
             }
+            seen.push(std::mem::take(&mut line));
         }
         Err(seen.concat())
     }))

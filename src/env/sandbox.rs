@@ -227,8 +227,7 @@ fn hold_panics_while_reaping() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let message = info.payload().downcast_ref::<String>().map(String::as_str).or_else(|| info.payload().downcast_ref::<&str>().copied()).unwrap_or("");
-            let failed_print = message.starts_with("failed printing to std");
+            let failed_print = info.payload_as_str().is_some_and(|m| m.starts_with("failed printing to std"));
             let t0 = std::time::Instant::now();
             while failed_print && !SHUTTING_DOWN.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(5) {
                 std::thread::sleep(Duration::from_millis(20));
