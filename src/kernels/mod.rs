@@ -32,7 +32,7 @@ pub const MODULES: &[PtxModule] = &[
     module!("head_pad", ["pad_heads_bf16", "unpad_heads_bf16", "unpad_heads_f32"]),
     module!("global_norm", ["sum_squares_partial", "sum_partials", "scale_f32"]),
     module!("logprob", ["logprob_entropy_fwd", "logprob_entropy_combine", "logprob_entropy_bwd_dhidden", "logprob_entropy_dhidden_reduce", "logprob_entropy_bwd_dw", "logprob_entropy_grad_chunk"]),
-    module!("rmsnorm", ["rmsnorm_fwd", "rmsnorm_bwd"]),
+    module!("rmsnorm", ["rmsnorm_fwd", "rmsnorm_bwd", "rmsnorm_bwd_dw"]),
     module!("rope", ["rope_fwd", "rope_bwd"]),
     module!("swiglu", ["swiglu_fwd", "swiglu_bwd"]),
 ];

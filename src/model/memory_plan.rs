@@ -292,7 +292,12 @@ pub fn fused_loss_workspace_bytes(tokens: usize, vocab: usize) -> u64 {
 /// Per-token batch inputs on the device: token ids, positions, and the
 /// ones vector the bias GEMMs use.
 pub fn batch_inputs() -> Vec<TokenTensor> {
-    vec![TokenTensor::new("token id", U32, 1), TokenTensor::new("position", U32, 1), TokenTensor::new("ones (bias GEMMs)", F32, 1)]
+    vec![
+        TokenTensor::new("token id", U32, 1),
+        TokenTensor::new("row order by token id (embedding backward)", U32, 1),
+        TokenTensor::new("position", U32, 1),
+        TokenTensor::new("ones (bias GEMMs)", F32, 1),
+    ]
 }
 
 /// The global gradient norm's scratch in f32 elements: (one Σg² per
@@ -447,9 +452,9 @@ pub fn plan_scored(cfg: &ModelConfig, scored_vocab: usize, model: &str, req: &Pl
     let rope = req.seq_len as u64 * (cfg.head_dim as u64 / 2) * 2 * F32;
     add(
         names::INPUTS,
-        tokens * per_input + (tokens + 1) * U32 + rope,
+        tokens * per_input + 2 * (tokens + 1) * U32 + rope,
         format!(
-            "ids, positions, ones ({per_input} B per token), cu_seqlens (room for a sequence per token), cos/sin [{}, {}] f32",
+            "ids, their order by id, positions, ones ({per_input} B per token), cu_seqlens and the id groups' starts (room for one per token), cos/sin [{}, {}] f32",
             req.seq_len,
             cfg.head_dim / 2
         ),
@@ -586,8 +591,8 @@ mod tests {
             (names::FLASH, 128),
             // 16 × 24 + the workspace
             (names::LOSS, 384 + ws),
-            // 16 × 12 + cu_seqlens 17 × 4 + cos/sin 8 × 1 × 2 × 4
-            (names::INPUTS, 324),
+            // 16 × 16 + cu_seqlens and id starts 2 × 17 × 4 + cos/sin 8 × 1 × 2 × 4
+            (names::INPUTS, 456),
             (names::RESERVE, 1 << 30),
         ];
         let got: Vec<(&str, u64)> = p.components.iter().map(|c| (c.name.as_str(), c.bytes)).collect();

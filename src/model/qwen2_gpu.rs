@@ -118,6 +118,10 @@ struct Slot {
 #[derive(Clone, Debug)]
 struct StepBuffers {
     ids: DevicePtr,
+    /// The rows sorted by token id, and each id's first position in that
+    /// order (`gpu::embedding_groups`), for the embedding backward.
+    id_order: DevicePtr,
+    id_starts: DevicePtr,
     pos: DevicePtr,
     targets: DevicePtr,
     cu_seqlens: DevicePtr,
@@ -166,6 +170,8 @@ struct StepState {
     max_seqlen: usize,
     /// Targets uploaded by `token_logprobs` (the backward needs them).
     scored: bool,
+    /// Distinct token ids of the batch: the embedding backward's groups.
+    id_groups: usize,
 }
 
 /// See `GpuModel::layer_ctx`.
@@ -536,7 +542,11 @@ impl GpuModel {
         dev.copy_h2d(b.ids, &u32_bytes(&batch.ids))?;
         dev.copy_h2d(b.pos, &u32_bytes(&batch.pos))?;
         dev.copy_h2d(b.cu_seqlens, &u32_bytes(&cu_seqlens(&lens)))?;
-        self.state = Some(StepState { n, batch: lens.len(), max_seqlen: lens.iter().copied().max().unwrap_or(0), scored: false });
+        let (order, starts) = gpu::embedding_groups(&batch.ids);
+        dev.copy_h2d(b.id_order, &u32_bytes(&order))?;
+        dev.copy_h2d(b.id_starts, &u32_bytes(&starts))?;
+        let id_groups = starts.len() - 1;
+        self.state = Some(StepState { n, batch: lens.len(), max_seqlen: lens.iter().copied().max().unwrap_or(0), scored: false, id_groups });
 
         let h = self.cfg.hidden_size;
         gpu::embedding_fwd(dev, b.xs[0], self.params[self.embed].master, b.ids, n, h)?;
@@ -658,7 +668,7 @@ impl GpuModel {
             }
             self.attention_bwd(l).with_context(|| format!("GPU backward, layer {l}"))?;
         }
-        gpu::embedding_bwd(self.dev.as_mut(), self.params[self.embed].grad, b.dx, b.ids, n, h)
+        gpu::embedding_bwd(self.dev.as_mut(), self.params[self.embed].grad, b.dx, b.ids, b.id_order, b.id_starts, st.id_groups, h)
     }
 
     // ----------------------------------------------------------------------
@@ -825,6 +835,8 @@ fn allocate_step_buffers(dev: &mut dyn Device, memory: &mut DeviceMemory, c: &Mo
     let pos = a(names::INPUTS, n * 4)?;
     let ones = a(names::INPUTS, n * F32)?;
     let cu = a(names::INPUTS, (n + 1) * 4)?;
+    let id_order = a(names::INPUTS, n * 4)?;
+    let id_starts = a(names::INPUTS, (n + 1) * 4)?;
     let mut xs = (0..c.num_layers).map(|_| a(names::SAVED, n * h * F32)).collect::<Result<Vec<_>>>()?;
     xs.push(a(names::FINAL, n * h * F32)?);
     // With recomputation one slot, its MLP side one chunk; without, one
@@ -864,6 +876,8 @@ fn allocate_step_buffers(dev: &mut dyn Device, memory: &mut DeviceMemory, c: &Mo
     let shape = AttnShape { heads, kv_heads: kvh, head_dim: hdp };
     let b = StepBuffers {
         ids,
+        id_order,
+        id_starts,
         pos,
         targets: a(names::LOSS, n * 4)?,
         cu_seqlens: cu,

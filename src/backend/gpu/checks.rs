@@ -10,6 +10,7 @@ use crate::backend::cpu::adamw::AdamWParams;
 use crate::backend::cpu::gradcheck::random_vec;
 use crate::backend::cpu::rope::RopeTable;
 use crate::device::{Device, DeviceExt};
+use anyhow::ensure;
 use half::bf16;
 use serde::Serialize;
 use std::time::Instant;
@@ -60,7 +61,10 @@ fn cases<'a>(quick: bool) -> Vec<Case<'a>> {
     let big = !quick;
     // Embedding.
     for &(n, d, vocab) in [(5usize, 64usize, 17usize), (33, 100, 50)].iter().chain(if big { &[(1024usize, 896usize, 4096usize)][..] } else { &[] }) {
-        let ids: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
+        // Ids from an eighth of the vocabulary: they repeat, so the
+        // backward's groups hold several rows each.
+        let distinct = (vocab / 8).max(2);
+        let ids: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % distinct) as u32).collect();
         let table = random_vec(vocab * d, 1);
         let dout = random_vec(n * d, 2);
         let (ids2, table2) = (ids.clone(), table.clone());
@@ -79,13 +83,21 @@ fn cases<'a>(quick: bool) -> Vec<Case<'a>> {
         });
         v.push(Case {
             kernel: "embedding_bwd",
-            shape: format!("n={n} d={d}"),
+            shape: format!("n={n} d={d} ids<{distinct} (+ bitwise repeat)"),
             tol: 1e-6,
             run: Box::new(move |dev| {
-                let (g, i, dt) = (dev.upload_f32(&dout)?, dev.upload_u32(&ids)?, dev.zeros(vocab * d * 4)?);
-                embedding_bwd(dev, dt, g, i, n, d)?;
-                let got = dev.download_f32(dt, vocab * d)?;
-                let mut want = vec![0.0; vocab * d];
+                // Onto a table that already holds gradient (accumulation).
+                let start = random_vec(vocab * d, 3);
+                let (order, starts) = embedding_groups(&ids);
+                let (g, i, o, st) = (dev.upload_f32(&dout)?, dev.upload_u32(&ids)?, dev.upload_u32(&order)?, dev.upload_u32(&starts)?);
+                let run = |dev: &mut dyn Device| -> Result<Vec<f32>> {
+                    let dt = dev.upload_f32(&start)?;
+                    embedding_bwd(dev, dt, g, i, o, st, starts.len() - 1, d)?;
+                    dev.download_f32(dt, vocab * d)
+                };
+                let (got, again) = (run(dev)?, run(dev)?);
+                ensure!(got.iter().zip(&again).all(|(a, b)| a.to_bits() == b.to_bits()), "two runs differ bitwise");
+                let mut want = start.clone();
                 cpu::embedding::embedding_bwd(&mut want, &dout, &ids, d);
                 Ok(rel_err(&got, &want))
             }),
@@ -119,22 +131,36 @@ fn cases<'a>(quick: bool) -> Vec<Case<'a>> {
                 }),
             });
         }
-        let (x, w, dy) = (x.clone(), w.clone(), dy.clone());
-        v.push(Case {
-            kernel: "rmsnorm_bwd",
-            shape: format!("rows={rows} d={d}"),
-            tol: 2e-5,
-            run: Box::new(move |dev| {
-                let (mut wy, mut wr) = (vec![0.0; rows * d], vec![0.0; rows]);
-                cpu::rmsnorm::rmsnorm_fwd(&mut wy, &mut wr, &x, &w, d, eps);
-                let (xi, wi, dyi, rsi) = (dev.upload_f32(&x)?, dev.upload_f32(&w)?, dev.upload_f32(&dy)?, dev.upload_f32(&wr)?);
-                let (dx, dw) = (dev.zeros(rows * d * 4)?, dev.zeros(d * 4)?);
-                rmsnorm_bwd(dev, dx, dw, dyi, xi, wi, rsi, rows, d, false)?;
-                let (mut wdx, mut wdw) = (vec![0.0; rows * d], vec![0.0; d]);
-                cpu::rmsnorm::rmsnorm_bwd(&mut wdx, &mut wdw, &dy, &x, &w, &wr, d, false);
-                Ok(rel_err(&dev.download_f32(dx, rows * d)?, &wdx).max(rel_err(&dev.download_f32(dw, d)?, &wdw)))
-            }),
-        });
+        // The launcher runs both kernels; one check reads dx, the other dw
+        // (added onto a gradient already there, as over micro-batches).
+        for dw_check in [false, true] {
+            let (x, w, dy) = (x.clone(), w.clone(), dy.clone());
+            v.push(Case {
+                kernel: if dw_check { "rmsnorm_bwd_dw" } else { "rmsnorm_bwd" },
+                shape: format!("rows={rows} d={d}{}", if dw_check { " onto a gradient (+ bitwise repeat)" } else { "" }),
+                tol: 2e-5,
+                run: Box::new(move |dev| {
+                    let (mut wy, mut wr) = (vec![0.0; rows * d], vec![0.0; rows]);
+                    cpu::rmsnorm::rmsnorm_fwd(&mut wy, &mut wr, &x, &w, d, eps);
+                    let dw0 = if dw_check { random_vec(d, 7) } else { vec![0.0; d] };
+                    let (xi, wi, dyi, rsi) = (dev.upload_f32(&x)?, dev.upload_f32(&w)?, dev.upload_f32(&dy)?, dev.upload_f32(&wr)?);
+                    let run = |dev: &mut dyn Device| -> Result<(Vec<f32>, Vec<f32>)> {
+                        let (dx, dw) = (dev.zeros(rows * d * 4)?, dev.upload_f32(&dw0)?);
+                        rmsnorm_bwd(dev, dx, dw, dyi, xi, wi, rsi, rows, d, false)?;
+                        Ok((dev.download_f32(dx, rows * d)?, dev.download_f32(dw, d)?))
+                    };
+                    let (mut wdx, mut wdw) = (vec![0.0; rows * d], dw0.clone());
+                    cpu::rmsnorm::rmsnorm_bwd(&mut wdx, &mut wdw, &dy, &x, &w, &wr, d, false);
+                    let (dx, dw) = run(dev)?;
+                    if !dw_check {
+                        return Ok(rel_err(&dx, &wdx));
+                    }
+                    let (_, dw_again) = run(dev)?;
+                    ensure!(dw.iter().zip(&dw_again).all(|(a, b)| a.to_bits() == b.to_bits()), "two runs' weight gradients differ bitwise");
+                    Ok(rel_err(&dw, &wdw))
+                }),
+            });
+        }
     }
     // RoPE with a YaRN table, forward and backward.
     for &(n, heads, half) in [(3usize, 2usize, 4usize), (19, 4, 32)].iter().chain(if big { &[(2048usize, 28usize, 64usize)][..] } else { &[] }) {

@@ -27,8 +27,37 @@ pub fn embedding_fwd(dev: &mut dyn Device, out: DevicePtr, table: DevicePtr, ids
     dev.launch("embedding_fwd", LaunchConfig::linear(n as u32, 128), &[Ptr(out), Ptr(table), Ptr(ids), I32(n as i32), I32(d as i32)])
 }
 
-pub fn embedding_bwd(dev: &mut dyn Device, dtable: DevicePtr, dout: DevicePtr, ids: DevicePtr, n: usize, d: usize) -> Result<()> {
-    dev.launch("embedding_bwd", LaunchConfig::linear(n as u32, 128), &[Ptr(dtable), Ptr(dout), Ptr(ids), I32(n as i32), I32(d as i32)])
+/// The rows of a batch grouped by token id, for [`embedding_bwd`]: `order`
+/// holds the row indices sorted by id (stably, so each id's rows stay in row
+/// order), and `starts[g]..starts[g + 1]` are group g's positions in `order`
+/// (`starts` ends with `ids.len()`). Sorting on the host, where the ids are,
+/// spares the kernel float atomics and makes its sums the same every run.
+pub fn embedding_groups(ids: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    let mut order: Vec<u32> = (0..ids.len() as u32).collect();
+    order.sort_by_key(|&r| ids[r as usize]);
+    let mut starts = Vec::with_capacity(ids.len() + 1);
+    for (j, &r) in order.iter().enumerate() {
+        if j == 0 || ids[r as usize] != ids[order[j - 1] as usize] {
+            starts.push(j as u32);
+        }
+    }
+    starts.push(ids.len() as u32);
+    (order, starts)
+}
+
+/// `dtable[ids[r]] += dout[r]` for every row, with the rows grouped by
+/// [`embedding_groups`] (`order` and `starts` on the device; `groups` is
+/// `starts.len() - 1`).
+#[allow(clippy::too_many_arguments)]
+pub fn embedding_bwd(dev: &mut dyn Device, dtable: DevicePtr, dout: DevicePtr, ids: DevicePtr, order: DevicePtr, starts: DevicePtr, groups: usize, d: usize) -> Result<()> {
+    if groups == 0 {
+        return Ok(());
+    }
+    dev.launch(
+        "embedding_bwd",
+        LaunchConfig::linear(groups as u32, 128),
+        &[Ptr(dtable), Ptr(dout), Ptr(ids), Ptr(order), Ptr(starts), I32(groups as i32), I32(d as i32)],
+    )
 }
 
 /// `y = rmsnorm(inp + residual) · w`; with a residual, the sum goes to `x_out`.
@@ -53,13 +82,20 @@ pub fn rmsnorm_fwd(
     )
 }
 
+/// `dx` (+)= the input gradient (added when `accumulate`), and `dw` += the
+/// weight gradient, a sum over rows in a fixed order (`rmsnorm_bwd_dw`).
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_bwd(dev: &mut dyn Device, dx: DevicePtr, dw: DevicePtr, dy: DevicePtr, x: DevicePtr, w: DevicePtr, rstd: DevicePtr, rows: usize, d: usize, accumulate: bool) -> Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
     dev.launch(
         "rmsnorm_bwd",
         LaunchConfig::linear(rows as u32, THREADS),
-        &[Ptr(dx), Ptr(dw), Ptr(dy), Ptr(x), Ptr(w), Ptr(rstd), I32(rows as i32), I32(d as i32), I32(accumulate as i32)],
-    )
+        &[Ptr(dx), Ptr(dy), Ptr(x), Ptr(w), Ptr(rstd), I32(rows as i32), I32(d as i32), I32(accumulate as i32)],
+    )?;
+    // 32 columns per block, one warp per 32 rows of each pass over them.
+    dev.launch("rmsnorm_bwd_dw", LaunchConfig::linear(d.div_ceil(32) as u32, 1024), &[Ptr(dw), Ptr(dy), Ptr(x), Ptr(rstd), I32(rows as i32), I32(d as i32)])
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -185,4 +221,23 @@ pub fn global_norm_blocks(n: usize) -> u32 {
 pub fn gemm_bf16_tn(dev: &mut dyn Device, c: DevicePtr, a: DevicePtr, b: DevicePtr, m: usize, n: usize, k: usize) -> Result<()> {
     let cfg = LaunchConfig { grid: (n.div_ceil(64).max(1) as u32, m.div_ceil(64).max(1) as u32, 1), block: (128, 1, 1), shared_bytes: 0 };
     dev.launch("gemm_bf16_tn", cfg, &[Ptr(c), Ptr(a), Ptr(b), I32(m as i32), I32(n as i32), I32(k as i32)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedding_groups_list_each_ids_rows_in_row_order() {
+        let ids = [5u32, 2, 5, 9, 2, 5];
+        let (order, starts) = embedding_groups(&ids);
+        assert_eq!(order, [1, 4, 0, 2, 5, 3]);
+        assert_eq!(starts, [0, 2, 5, 6]);
+        for g in starts.windows(2) {
+            let rows = &order[g[0] as usize..g[1] as usize];
+            assert!(rows.windows(2).all(|r| r[0] < r[1] && ids[r[0] as usize] == ids[r[1] as usize]), "{rows:?}");
+        }
+        assert_eq!(embedding_groups(&[]), (vec![], vec![0]));
+        assert_eq!(embedding_groups(&[7]), (vec![0], vec![0, 1]));
+    }
 }
