@@ -94,7 +94,7 @@ pub fn rmsnorm_bwd(dev: &mut dyn Device, dx: DevicePtr, dw: DevicePtr, dy: Devic
         LaunchConfig::linear(rows as u32, THREADS),
         &[Ptr(dx), Ptr(dy), Ptr(x), Ptr(w), Ptr(rstd), I32(rows as i32), I32(d as i32), I32(accumulate as i32)],
     )?;
-    // 32 columns per block, one warp per 32 rows of each pass over them.
+    // A block per 32 columns; its 32 warps split the rows.
     dev.launch("rmsnorm_bwd_dw", LaunchConfig::linear(d.div_ceil(32) as u32, 1024), &[Ptr(dw), Ptr(dy), Ptr(x), Ptr(rstd), I32(rows as i32), I32(d as i32)])
 }
 
