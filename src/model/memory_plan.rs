@@ -289,8 +289,9 @@ pub fn fused_loss_workspace_bytes(tokens: usize, vocab: usize) -> u64 {
     logprob::fwd_workspace_bytes_upto(tokens, vocab).max(logprob::bwd_chunked_workspace_bytes_upto(tokens, vocab)) as u64
 }
 
-/// Per-token batch inputs on the device: token ids, positions, and the
-/// ones vector the bias GEMMs use.
+/// Per-token batch inputs on the device: token ids, the rows' order by id
+/// (the embedding backward's groups), positions, and the ones vector the
+/// bias GEMMs use.
 pub fn batch_inputs() -> Vec<TokenTensor> {
     vec![
         TokenTensor::new("token id", U32, 1),
