@@ -99,6 +99,10 @@ pub struct DapoSection {
     pub micro_batch_tokens: usize,
     /// Iterations of `appliance train`'s DAPO phase.
     pub iterations: u64,
+    /// Passes over an iteration's samples (the method: 1). Each pass draws
+    /// new mini-batches; from the second on the policy has moved, so ρ
+    /// leaves 1 and the clip bounds how far a pass can push a token.
+    pub epochs: usize,
 }
 
 impl Default for DapoSection {
@@ -113,6 +117,7 @@ impl Default for DapoSection {
             mini_batch: 128,
             micro_batch_tokens: 16_384,
             iterations: 100,
+            epochs: 1,
         }
     }
 }
@@ -128,6 +133,7 @@ impl DapoSection {
         anyhow::ensure!(self.group_size >= 2, "dapo.group_size must be at least 2 (a group of one has no advantage), got {}", self.group_size);
         anyhow::ensure!(self.problems_per_iteration >= 1, "dapo.problems_per_iteration must be at least 1");
         anyhow::ensure!(self.mini_batch >= 1, "dapo.mini_batch must be at least 1");
+        anyhow::ensure!(self.epochs >= 1, "dapo.epochs must be at least 1");
         anyhow::ensure!(self.micro_batch_tokens >= 1, "dapo.micro_batch_tokens must be at least 1");
         let per_iteration = self.problems_per_iteration * self.group_size;
         anyhow::ensure!(
@@ -537,7 +543,7 @@ mod tests {
             // the method's AdamW eps, not the tiny default's damped one
             assert_eq!(c.optim.eps, 1e-8);
             assert!(c.generate.is_untruncated() && c.generate.temperature == 1.0);
-            assert_eq!((c.optim.lr, c.dapo.iterations), (1e-6, 100));
+            assert_eq!((c.optim.lr, c.dapo.iterations, c.dapo.epochs), (1e-6, 100, 1));
         }
         // every config names the GPU backend and the method's full scaffold,
         // whatever the tiny default shortens

@@ -470,6 +470,11 @@ fn the_dapo_config_section_is_validated_with_the_file_and_keys() {
     assert!(e.contains("dapo.group_size"), "{e}");
     let e = Config::from_str_over_default("[dapo]\neps_hi = 0.3\n", "user.toml").unwrap_err().to_string();
     assert!(e.contains("eps_hi"), "{e}");
+    // One pass over an iteration's samples, as in the method, unless asked.
+    assert_eq!(Config::embedded().dapo.epochs, 1);
+    assert_eq!(Config::from_str_over_default("[dapo]\nepochs = 4\n", "user.toml").unwrap().dapo.epochs, 4);
+    let e = Config::from_str_over_default("[dapo]\nepochs = 0\n", "user.toml").unwrap_err().to_string();
+    assert!(e.contains("user.toml") && e.contains("dapo.epochs"), "{e}");
 }
 
 /// The trainer's path on the GPU model backend (here the simulated device):

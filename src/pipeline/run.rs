@@ -38,7 +38,7 @@ use crate::env::{micro, sandbox};
 use crate::model::chat::{ChatTemplate, Source};
 use crate::model::pretrained::{self, Pretrained};
 use crate::model::weights::Weights;
-use crate::train::algorithms::{dapo_step, group_mini_batches, prepare_samples};
+use crate::train::algorithms::{dapo_step, epoch_mini_batches, prepare_samples};
 use crate::train::optimizer::{cosine_lr, AdamW};
 use crate::train::rft::{self, RftConfig};
 use anyhow::{bail, ensure, Context, Result};
@@ -716,9 +716,9 @@ impl Run {
         // groups (see group_mini_batches for why).
         let prepared = prepare_samples(&trajs, d.delta)?;
         let sample_groups: Vec<&str> = prepared.source.iter().map(|&i| trajs[i].instance_id.as_str()).collect();
-        let mini_batches = group_mini_batches(&sample_groups, d.mini_batch, &mut rng);
+        let mini_batches = epoch_mini_batches(&sample_groups, d.mini_batch, d.epochs, &mut rng);
 
-        // Train: one epoch of mini-batch steps.
+        // Train: `dapo.epochs` passes of mini-batch steps (the method: one).
         let t_train = Instant::now();
         if self.opt.is_none() {
             self.opt = Some(AdamW::new(self.cfg.optim.clone(), &self.pre.model.cfg));
@@ -732,7 +732,7 @@ impl Run {
         let mut steps = vec![];
         let mut packed_tokens = 0usize;
         let mut result = Ok(());
-        for chunk in &mini_batches {
+        for (epoch, chunk) in &mini_batches {
             let batch: Vec<_> = chunk.iter().map(|&i| prepared.samples[i].clone()).collect();
             let step = self.progress.dapo_steps;
             let o = &self.cfg.optim;
@@ -750,7 +750,7 @@ impl Run {
             packed_tokens += tokens;
             steps.push(st);
             self.progress.dapo_steps += 1;
-            let rec = json!({"iteration": k, "step": step, "loss": st.loss, "grad_norm": st.grad_norm, "lr": st.lr, "clip_low_frac": st.clip_low_frac,
+            let rec = json!({"iteration": k, "epoch": epoch, "step": step, "loss": st.loss, "grad_norm": st.grad_norm, "lr": st.lr, "clip_low_frac": st.clip_low_frac,
                    "clip_high_frac": st.clip_high_frac, "entropy": st.entropy, "tokens": st.tokens, "sequences": st.sequences,
                    "parity_mean_abs": st.parity_mean_abs, "parity_max_abs": st.parity_max_abs, "train_tokens_per_s": tokens as f64 / dt.max(1e-9)});
             if let Err(e) = self.emit("dapo_step", rec) {

@@ -165,6 +165,19 @@ pub fn group_mini_batches<G: Eq + Hash>(groups: &[G], mini_batch: usize, rng: &m
     out
 }
 
+/// An iteration's optimizer steps: `epochs` passes over the samples, each
+/// split by `group_mini_batches` with fresh draws from `rng`, as (epoch,
+/// sample indices) in the order they train. The method takes one pass; in
+/// a later pass the policy has moved since sampling, so ρ leaves 1 and the
+/// clip range bounds how far the pass pushes each token.
+pub fn epoch_mini_batches<G: Eq + Hash>(groups: &[G], mini_batch: usize, epochs: usize, rng: &mut impl rand::Rng) -> Vec<(usize, Vec<usize>)> {
+    let mut out = vec![];
+    for epoch in 0..epochs {
+        out.extend(group_mini_batches(groups, mini_batch, rng).into_iter().map(|b| (epoch, b)));
+    }
+    out
+}
+
 // --------------------------------------------------------------------------
 // The DAPO loss
 // --------------------------------------------------------------------------
@@ -459,6 +472,40 @@ mod tests {
 
     fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol
+    }
+
+    /// Each epoch is a whole split of the samples into whole groups, with a
+    /// group order of its own; one epoch is exactly `group_mini_batches`
+    /// (the same draws), and the epochs come in order.
+    #[test]
+    fn every_epoch_trains_every_sample_once_in_whole_groups() {
+        use rand::SeedableRng;
+        let groups = ["a", "b", "c", "a", "b", "d", "c", "a", "e", "b", "d", "c", "a", "d", "e", "b", "c"];
+        let mut reshuffled = false;
+        for seed in 0..10u64 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let one = group_mini_batches(&groups, 8, &mut rng);
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let plan = epoch_mini_batches(&groups, 8, 1, &mut rng);
+            assert_eq!(plan, one.into_iter().map(|b| (0, b)).collect::<Vec<_>>());
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let plan = epoch_mini_batches(&groups, 8, 3, &mut rng);
+            let epochs: Vec<usize> = plan.iter().map(|(e, _)| *e).collect();
+            assert!(epochs.windows(2).all(|w| w[0] <= w[1]) && epochs[0] == 0 && *epochs.last().unwrap() == 2, "{epochs:?}");
+            let mut splits = vec![];
+            for e in 0..3 {
+                let batches: Vec<&Vec<usize>> = plan.iter().filter(|(x, _)| *x == e).map(|(_, b)| b).collect();
+                let mut seen: Vec<usize> = batches.iter().flat_map(|b| b.iter().copied()).collect();
+                seen.sort_unstable();
+                assert_eq!(seen, (0..groups.len()).collect::<Vec<_>>(), "epoch {e}: {plan:?}");
+                for g in ["a", "b", "c", "d", "e"] {
+                    assert_eq!(batches.iter().filter(|b| b.iter().any(|&i| groups[i] == g)).count(), 1, "epoch {e} splits {g}: {plan:?}");
+                }
+                splits.push(batches);
+            }
+            reshuffled |= splits[0] != splits[1] || splits[1] != splits[2];
+        }
+        assert!(reshuffled, "every epoch drew the same mini-batches");
     }
 
     /// Every sample lands in exactly one mini-batch of at most `mini_batch`,
